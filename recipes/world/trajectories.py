@@ -1,0 +1,131 @@
+"""The world's MD campaigns, each a list of resumable :class:`~recipes.world.jobs.MDJob`.
+
+``python -m recipes.world.trajectories CAMPAIGN [--shard I/N] [--runs runs/world] [--quick]``
+
+Campaigns (all start from the relaxed 28-atom cells in ``data/world/structures``):
+
+* ``experiment``: reality NPT (LangevinBAOAB, full cell) at 300 K and 1 bar on the 112-atom
+  cell, three replicas with their own seeds, 2 ps equilibration + 5 ps production, one frame
+  (positions, cell) every 10 fs. Also one teacher replica, to measure teacher-vs-reality.
+* ``training``: the DFT-like data. Teacher NVT (Langevin) on the 56-atom training cell at
+  100–1000 K, at the teacher's own cell and at cells strained to interlayer spacings
+  3.2–3.8 Å (each with a random in-plane strain of ±1.5 %), plus the carbon-vacancy cell;
+  one labelled frame every 20 fs after 200 fs of equilibration.
+* ``heldout``: reality NVT at reality's relaxed cell on the 56-, 112-, 252- and 448-atom cells
+  at 300 K; labelled frames (reality and, from the same evaluation, the teacher's labels) for
+  evaluation only.
+
+``--shard I/N`` runs every N-th job starting at I, so campaigns split over processes.
+``--quick`` runs each job for a handful of steps on the given cells (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+
+from difftre_torch.sampling.ase_md import MDConfig
+from recipes.world import calculators
+from recipes.world.jobs import MDJob, run_job
+from recipes.world.structures import make_cell, with_spacing
+
+STRUCTURES = Path("data/world/structures")
+ONE_BAR_GPA = 1.0e-4
+
+TRAINING_TEMPERATURES_K = (100.0, 300.0, 500.0, 700.0, 1000.0)
+TRAINING_SPACINGS_A = (3.2, 3.4, 3.6, 3.8, None)  # None: the teacher's own relaxed cell
+VACANCY_TEMPERATURES_K = (300.0, 700.0, 1000.0)
+VACANCY_SPACINGS_A = (3.3, 3.6, None)
+
+
+def relaxed_unit(calculator: str, structures: Path = STRUCTURES) -> Atoms:
+    """The relaxed 28-atom cell of ``calculator`` written by ``recipes.world.relax``."""
+    path = structures / f"{calculator}_unit.extxyz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m recipes.world.relax` first")
+    atoms = read(path)
+    atoms.calc = None
+    return atoms
+
+
+def experiment_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
+    md = MDConfig(ensemble="npt", temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.01,
+                  pressure_GPa=ONE_BAR_GPA, barostat_tau_fs=500.0)
+    jobs = []
+    for calc, seeds in (("reality", (101, 102, 103)), ("teacher", (201,))):
+        cell = make_cell(relaxed_unit(calc, structures), "cell112")
+        for seed in seeds:
+            job = MDJob(name=f"npt300_{calc}_cell112_s{seed}", calculator=calc, md=md,
+                        equilibration_steps=2000, frames=500, stride=10, seed=seed, labels=False,
+                        meta={"cell": "cell112"})
+            jobs.append((job, cell))
+    return jobs
+
+
+def training_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
+    unit = relaxed_unit("teacher", structures)
+    rng = np.random.default_rng(7)
+    jobs = []
+    grid = [("train56", T, s) for T in TRAINING_TEMPERATURES_K for s in TRAINING_SPACINGS_A]
+    grid += [("train56_vac", T, s) for T in VACANCY_TEMPERATURES_K for s in VACANCY_SPACINGS_A]
+    for k, (cell_name, T, spacing) in enumerate(grid):
+        cell = make_cell(unit, cell_name, seed=k)
+        scale = 1.0
+        if spacing is not None:
+            scale = float(rng.uniform(0.985, 1.015))
+            cell = with_spacing(cell, spacing, in_plane_scale=scale)
+        tag = "own" if spacing is None else f"{spacing:.1f}"
+        md = MDConfig(ensemble="nvt", temperature_K=T, timestep_fs=1.0, friction_per_fs=0.02)
+        job = MDJob(name=f"train_{cell_name}_T{T:.0f}_d{tag}", calculator="teacher", md=md,
+                    equilibration_steps=200, frames=60, stride=20, seed=1000 + k,
+                    meta={"cell": cell_name, "spacing_A": spacing if spacing else 0.0,
+                          "in_plane_scale": scale})
+        jobs.append((job, cell))
+    return jobs
+
+
+def heldout_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
+    unit = relaxed_unit("reality", structures)
+    md = MDConfig(ensemble="nvt", temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.02)
+    jobs = []
+    for k, (cell_name, frames) in enumerate(
+        (("train56", 40), ("cell112", 40), ("cell252", 30), ("cell448", 25))
+    ):
+        job = MDJob(name=f"heldout_{cell_name}_T300", calculator="reality", md=md,
+                    equilibration_steps=300, frames=frames, stride=25, seed=3000 + k,
+                    meta={"cell": cell_name})
+        jobs.append((job, make_cell(unit, cell_name)))
+    return jobs
+
+
+CAMPAIGNS = {"experiment": experiment_jobs, "training": training_jobs, "heldout": heldout_jobs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("campaign", choices=sorted(CAMPAIGNS))
+    parser.add_argument("--runs", default="runs/world", help="where jobs and checkpoints go")
+    parser.add_argument("--structures", default=str(STRUCTURES))
+    parser.add_argument("--shard", default="0/1", help="I/N: run jobs I, I+N, I+2N, ...")
+    parser.add_argument("--quick", action="store_true", help="a few steps per job (smoke test)")
+    parser.add_argument("--only", default=None, help="run only jobs whose name contains this")
+    args = parser.parse_args(argv)
+    calculators.set_threads()
+    index, count = (int(x) for x in args.shard.split("/"))
+    jobs = CAMPAIGNS[args.campaign](Path(args.structures))[index::count]
+    if args.only:
+        jobs = [(j, a) for j, a in jobs if args.only in j.name]
+    for job, atoms in jobs:
+        if args.quick:
+            job.equilibration_steps, job.frames, job.stride, job.checkpoint_every = 2, 2, 2, 3
+        print(f"[{args.campaign}] {job.name}: {len(atoms)} atoms", flush=True)
+        out = run_job(job, atoms, args.runs)
+        print(f"[{args.campaign}] {job.name}: done -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
