@@ -1,4 +1,5 @@
-"""Observables of snapshots: partial/total RDFs and the g(r) ↔ G(r) ↔ S(Q) ↔ F(Q) transforms.
+"""Observables of snapshots: partial/total RDFs, the g(r) ↔ G(r) ↔ S(Q) ↔ F(Q) transforms, and
+thermodynamic/cell observables (pressure, stress, lattice lengths, density).
 
 Conventions (G(r) = 4πρr(g − 1), F(Q) = Q(S − 1), Faber–Ziman weights, units) are stated in
 :mod:`.scattering`; the RDF normalisation and binning in :mod:`.rdf`.
@@ -21,6 +22,14 @@ from .scattering import (
     total_structure_factor,
     xray_form_factors,
 )
+from .thermo import (
+    interlayer_spacing,
+    lattice_angles,
+    lattice_lengths,
+    mass_density,
+    pressure,
+    stress_tensor,
+)
 
 __all__ = [
     "F_to_S",
@@ -33,9 +42,15 @@ __all__ = [
     "g_to_G",
     "g_to_S",
     "instrument_G",
+    "interlayer_spacing",
+    "lattice_angles",
+    "lattice_lengths",
+    "mass_density",
     "neutron_scattering_lengths",
     "number_density",
     "partial_rdfs",
+    "pressure",
+    "stress_tensor",
     "total_rdf",
     "total_structure_factor",
     "xray_form_factors",

@@ -27,10 +27,24 @@ from difftre_torch.potentials.base import Potential, cell_volume, evaluate
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660  # 1 amu/Å³ in g/cm³
 
 
-def _kinetic_pressure(n_atoms: int, volume: torch.Tensor, temperature_K: float,
-                      degrees_of_freedom: int | None) -> torch.Tensor:
+def kinetic_pressure(n_atoms: int, volume: torch.Tensor, temperature_K: float,
+                     degrees_of_freedom: int | None = None) -> torch.Tensor:
+    """Canonical kinetic pressure n_dof k_B T / (3V), [B] eV/Å³ (n_dof = 3N − 3 by default)."""
     n_dof = 3 * n_atoms - 3 if degrees_of_freedom is None else degrees_of_freedom
     return n_dof * units.kB * temperature_K / (3.0 * volume)
+
+
+def total_stress(configurational_stress: torch.Tensor, volume: torch.Tensor, n_atoms: int,
+                 temperature_K: float, degrees_of_freedom: int | None = None) -> torch.Tensor:
+    """σ_total = σ_conf − (n_dof k_B T / 3V) 𝟙 from σ_conf [B, 3, 3] and V [B] → [B, 3, 3]."""
+    kinetic = kinetic_pressure(n_atoms, volume, temperature_K, degrees_of_freedom)
+    eye = torch.eye(3, dtype=configurational_stress.dtype, device=configurational_stress.device)
+    return configurational_stress - kinetic[:, None, None] * eye
+
+
+def pressure_from_stress(stress: torch.Tensor) -> torch.Tensor:
+    """P = −tr σ / 3 for stress [B, 3, 3] → [B] (same units)."""
+    return -torch.diagonal(stress, dim1=-2, dim2=-1).sum(-1) / 3.0
 
 
 def stress_tensor(
@@ -46,9 +60,7 @@ def stress_tensor(
     """Total stress σ_total = σ_conf − (n_dof k_B T / 3V) 𝟙, [B, 3, 3] eV/Å³ (ASE sign)."""
     ev = evaluate(potential, positions, cell, numbers, forces=False, stress=True,
                   create_graph=create_graph)
-    kinetic = _kinetic_pressure(positions.shape[1], ev.volume, temperature_K, degrees_of_freedom)
-    eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
-    return ev.stress - kinetic[:, None, None] * eye
+    return total_stress(ev.stress, ev.volume, positions.shape[1], temperature_K, degrees_of_freedom)
 
 
 def pressure(
@@ -62,9 +74,10 @@ def pressure(
     create_graph: bool = False,
 ) -> torch.Tensor:
     """Instantaneous virial pressure P = n_dof k_B T/(3V) − tr σ_conf / 3, [B] eV/Å³."""
-    sigma = stress_tensor(potential, positions, cell, numbers, temperature_K,
-                          degrees_of_freedom=degrees_of_freedom, create_graph=create_graph)
-    return -torch.diagonal(sigma, dim1=-2, dim2=-1).sum(-1) / 3.0
+    return pressure_from_stress(
+        stress_tensor(potential, positions, cell, numbers, temperature_K,
+                      degrees_of_freedom=degrees_of_freedom, create_graph=create_graph)
+    )
 
 
 def lattice_lengths(cell: torch.Tensor) -> torch.Tensor:
@@ -96,8 +109,3 @@ def interlayer_spacing(cell: torch.Tensor, layers_per_cell: int) -> torch.Tensor
 def mass_density(cell: torch.Tensor, masses_amu: torch.Tensor) -> torch.Tensor:
     """Mass density Σm / V in g/cm³, [B]; ``masses_amu``: [N]."""
     return masses_amu.sum() / cell_volume(cell) * AMU_PER_A3_TO_G_PER_CM3
-
-
-def number_density_of(cell: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """N / V in atoms/Å³, [B]."""
-    return n_atoms / cell_volume(cell)

@@ -163,3 +163,73 @@ def blow_up_reason(atoms: Atoms, config: MDConfig, reference_volume_A3: float) -
     if len(i):
         return f"atoms {int(i[0])} and {int(j[0])} closer than {config.min_distance_A} Å"
     return None
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`run_segment` produced: recorded frames, discarded frames, blow-up reasons."""
+
+    frames: list
+    discarded: int
+    blow_ups: list[str]
+
+
+def run_segment(
+    dyn: MolecularDynamics,
+    n_steps: int,
+    config: MDConfig,
+    reference_volume_A3: float,
+    *,
+    stride: int = 0,
+    record=None,
+    check_every: int = 10,
+    max_blow_ups: int = 20,
+    on_step=None,
+) -> SegmentResult:
+    """Advance ``dyn`` by ``n_steps``, recording ``record(atoms)`` every ``stride`` steps.
+
+    Every ``check_every`` steps (and at the end) the configuration is checked with
+    :func:`blow_up_reason`; an exception raised by the calculator counts as a blow-up too. On a
+    blow-up the frames recorded since the last healthy check are discarded, a warning is
+    issued, and the run continues from that healthy state with the random stream advanced (new
+    noise, so the same blow-up does not repeat). After ``max_blow_ups`` it gives up with a
+    RuntimeError. No frame from a broken trajectory is ever returned. ``on_step(dyn)`` is called
+    after every step (monitoring, or tests that inject faults).
+    """
+    start = int(dyn.nsteps)
+    target = start + int(n_steps)
+    frames: list = []
+    blow_ups: list[str] = []
+    discarded = 0
+    last_good = integrator_state(dyn)
+    good_count = 0
+    while dyn.nsteps < target:
+        try:
+            with np.errstate(all="ignore"):
+                dyn.run(1)
+            if on_step is not None:
+                on_step(dyn)
+            step = int(dyn.nsteps) - start
+            due = step % check_every == 0 or dyn.nsteps >= target
+            reason = blow_up_reason(dyn.atoms, config, reference_volume_A3) if due else None
+        except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            due = True
+        if reason is not None:
+            blow_ups.append(f"step {int(dyn.nsteps)}: {reason}")
+            if len(blow_ups) > max_blow_ups:
+                raise RuntimeError(f"MD blew up {len(blow_ups)} times; last: {reason}")
+            warnings.warn(f"MD blow-up ({reason}); discarding {len(frames) - good_count} frame(s) "
+                          f"and restarting from step {last_good['nsteps']}", RuntimeWarning)
+            discarded += len(frames) - good_count
+            del frames[good_count:]
+            rng_state = copy.deepcopy(dyn.rng.bit_generator.state)
+            restore_integrator_state(dyn, last_good)
+            dyn.rng.bit_generator.state = rng_state
+            continue
+        if stride and record is not None and (int(dyn.nsteps) - start) % stride == 0:
+            frames.append(record(dyn.atoms))
+        if due:  # healthy: frames so far are verified, and this is the state to fall back to
+            last_good = integrator_state(dyn)
+            good_count = len(frames)
+    return SegmentResult(frames=frames, discarded=discarded, blow_ups=blow_ups)

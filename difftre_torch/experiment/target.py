@@ -1,0 +1,58 @@
+"""Targets: an observable, the experiment's values (with optional σ) and a weight in the loss.
+
+A target is data. The observable is named by a key of
+:data:`difftre_torch.observables.registry.OBSERVABLES` ("rdf", "G", "S", "F", "pressure",
+"lattice_length", "interlayer_spacing", "density", …) and configured by ``options``; adding a
+target never touches the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Target:
+    """One term of the DiffTRe loss, weight · mean_bins[((⟨O⟩ − values)/σ)²].
+
+    name: unique label (used for logging and for the cached per-snapshot values).
+    observable: registry key (see :mod:`difftre_torch.observables.registry`).
+    values: [n] target values in the observable's units (a scalar target has n = 1).
+    x: [n] grid of the values (r in Å or Q in Å⁻¹) for functions; ``None`` for scalars.
+    sigma: [n] experimental standard errors (same units as values), or ``None``.
+    weight: λ_k of this term.
+    state_point: name of the state point whose ensemble it refers to (``None``: the only one).
+    options: observable options (weighting, Q range, Lorch window, axis, ...).
+    """
+
+    name: str
+    observable: str
+    values: torch.Tensor
+    x: torch.Tensor | None = None
+    sigma: torch.Tensor | None = None
+    weight: float = 1.0
+    state_point: str | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = torch.atleast_1d(torch.as_tensor(np.asarray(self.values), dtype=torch.float64))
+        n = self.values.shape[0]
+        if self.values.ndim != 1:
+            raise ValueError(f"Target {self.name!r}: values must be 1-D, got shape {tuple(self.values.shape)}")
+        if self.x is not None:
+            self.x = torch.as_tensor(np.asarray(self.x), dtype=torch.float64)
+            if self.x.shape != (n,):
+                raise ValueError(f"Target {self.name!r}: x has shape {tuple(self.x.shape)}, values ({n},)")
+        if self.sigma is not None:
+            self.sigma = torch.atleast_1d(torch.as_tensor(np.asarray(self.sigma), dtype=torch.float64))
+            if self.sigma.shape != (n,):
+                raise ValueError(f"Target {self.name!r}: sigma has shape {tuple(self.sigma.shape)}, values ({n},)")
+            if not bool((self.sigma > 0).all()):
+                raise ValueError(f"Target {self.name!r}: every sigma must be > 0")
+        if not torch.isfinite(self.values).all():
+            raise ValueError(f"Target {self.name!r}: values contain NaN or inf")
+        if self.weight < 0:
+            raise ValueError(f"Target {self.name!r}: weight must be >= 0, got {self.weight}")
