@@ -137,3 +137,26 @@ def difftre_gradient(
         n_eff=[float(effective_sample_size(w.detach())) for w in weights],
         values=[{k: v.detach() for k, v in leaf.items() if k != "energy"} for leaf in leaves],
     )
+
+
+@dataclass
+class Reweighted:
+    """The stores reweighted to the current θ, without a gradient: weights [S_k] and N_eff per
+    state point, and values (θ-independent cached + θ-dependent recomputed) [S_k, ...]."""
+
+    weights: list[torch.Tensor]
+    n_eff: list[float]
+    values: list[dict[str, torch.Tensor]]
+
+
+def reweight(potential: Potential, stores: Sequence[SnapshotStore], *,
+             chunk_fn: ChunkFn = energy_only, chunk_size: int = 64) -> Reweighted:
+    """Forward pass only: w_i(θ), N_eff and the per-snapshot observables at the current θ."""
+    weights, n_eff, values = [], [], []
+    for store in stores:
+        out = _forward_all(potential, store, chunk_fn, chunk_size)
+        w = boltzmann_weights(out["energy"], store.reference_energies, store.kT_eV)
+        weights.append(w)
+        n_eff.append(float(effective_sample_size(w)))
+        values.append({**store.observables, **{k: v for k, v in out.items() if k != "energy"}})
+    return Reweighted(weights, n_eff, values)

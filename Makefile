@@ -1,0 +1,29 @@
+# Set-up and the two commands of the README. `make run` and `make test` create the virtualenv on
+# first use: torch first (the CPU build on CPU machines; pip takes it from this disk where it lies
+# there), then the package with constraints.txt so that no dependency replaces that torch.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-slow world-setup
+
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m difftre_torch.run $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow $(ARGS)
+
+world-setup: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,world]"

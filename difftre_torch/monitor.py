@@ -1,0 +1,148 @@
+"""Monitoring: TensorBoard scalars and figures, a plain-text log line per update, and plots.
+
+TensorBoard tags (grouped as the TensorBoard UI folds them):
+
+* ``loss/total``, ``loss/<target name>``, ``loss/force_matching``, ``loss/fm_energy_mse``,
+  ``loss/fm_force_mse``;
+* ``reweight/n_eff/<state point>`` (N_eff) and ``reweight/n_eff_ratio/<state point>`` (N_eff/N),
+  ``reweight/resampled`` (1 when the update resampled);
+* ``grad/norm`` (before clipping), ``lr``;
+* ``time/sample``, ``time/update`` (s);
+* ``state/<state point>/a_A`` … ``c_A`` (reweighted lattice lengths, Å), ``volume_A3``,
+  ``pressure_GPa`` (virial pressure at sampling time);
+* figures ``targets/<target name>``: prediction vs experiment.
+
+Plots use matplotlib's object API with the headless Agg backend and return the figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from difftre_torch.experiment.target import Target
+
+
+def target_figure(target: Target, prediction: np.ndarray, initial: np.ndarray | None = None):
+    """One target's experiment (with σ band) vs the current (and initial) prediction; a Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    values = target.values.numpy()
+    if target.x is None or values.shape[0] == 1:
+        labels = [f"{target.name}[{k}]" for k in range(values.shape[0])]
+        xs = np.arange(values.shape[0])
+        err = None if target.sigma is None else target.sigma.numpy()
+        ax.errorbar(xs - 0.1, values, yerr=err, fmt="ks", label="target")
+        if initial is not None:
+            ax.plot(xs, initial, "o", color="tab:gray", label="initial")
+        ax.plot(xs + 0.1, prediction, "o", color="tab:red", label="current")
+        ax.set_xticks(xs, labels)
+    else:
+        x = target.x.numpy()
+        ax.plot(x, values, "k-", lw=1.5, label="target")
+        if target.sigma is not None:
+            s = target.sigma.numpy()
+            ax.fill_between(x, values - s, values + s, color="k", alpha=0.15, lw=0)
+        if initial is not None:
+            ax.plot(x, initial, "--", color="tab:gray", lw=1, label="initial")
+        ax.plot(x, prediction, "-", color="tab:red", lw=1, label="current")
+        ax.set_xlabel("Q (Å⁻¹)" if target.observable in ("S", "F") else "r (Å)")
+    ax.set_ylabel(target.observable)
+    ax.set_title(target.name)
+    ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def history_figure(history: Sequence[Mapping]):
+    """Loss and N_eff/N against the update number; a Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 3.0), layout="constrained")
+    ax_loss, ax_neff = fig.subplots(1, 2)
+    steps = [h["update"] for h in history]
+    ax_loss.semilogy(steps, [max(h["loss"]["total"], 1e-300) for h in history], "k-")
+    ax_loss.set_xlabel("update")
+    ax_loss.set_ylabel("loss")
+    names = list(history[0]["n_eff_ratio"]) if history else []
+    for name in names:
+        ax_neff.plot(steps, [h["n_eff_ratio"][name] for h in history], label=name)
+    ax_neff.set_xlabel("update")
+    ax_neff.set_ylabel("N_eff / N")
+    if names:
+        ax_neff.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a Figure as PNG (Agg backend, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def log_line(record: Mapping) -> str:
+    """One plain-text line per update."""
+    loss = record["loss"]
+    terms = " ".join(f"{k}={v:.4g}" for k, v in loss.items() if k != "total")
+    n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record["n_eff_ratio"].items())
+    return (f"update {record['update']:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
+            f"|g|={record['grad_norm']:.3g}  lr={record['lr']:.3g}"
+            f"{'  resampled' if record['resampled'] else ''}")
+
+
+class Monitor:
+    """TensorBoard writer (created lazily; ``purge_step`` on resume drops stale events)."""
+
+    def __init__(self, log_dir: str | Path | None, purge_step: int | None = None) -> None:
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def scalars(self, record: Mapping, step: int) -> None:
+        if self.writer is None:
+            return
+        add = self.writer.add_scalar
+        for key, value in record["loss"].items():
+            add(f"loss/{key}", value, step)
+        for name, value in record["n_eff"].items():
+            add(f"reweight/n_eff/{name}", value, step)
+            add(f"reweight/n_eff_ratio/{name}", record["n_eff_ratio"][name], step)
+        add("reweight/resampled", float(record["resampled"]), step)
+        add("grad/norm", record["grad_norm"], step)
+        add("lr", record["lr"], step)
+        for key, value in record["time"].items():
+            add(f"time/{key}", value, step)
+        for name, values in record["state"].items():
+            for key, value in values.items():
+                add(f"state/{name}/{key}", value, step)
+        for name, value in record.get("parameters", {}).items():
+            add(f"param/{name}", value, step)
+
+    def figure(self, tag: str, fig, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_figure(tag, fig, step, close=False)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def scalar_parameters(potential: torch.nn.Module, limit: int = 8) -> dict[str, float]:
+    """Scalar trainable parameters by name (for logging small analytic potentials)."""
+    out = {}
+    for name, p in potential.named_parameters():
+        if p.numel() == 1 and len(out) < limit:
+            out[name] = float(p.detach())
+    return out

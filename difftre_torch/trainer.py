@@ -1,0 +1,433 @@
+"""DiffTReTrainer: the loop sample → cache → reweighted optimiser steps → resample when stale.
+
+One update (Thaler & Zavadlav, Nat. Commun. 12, 6884 (2021), doi:10.1038/s41467-021-27241-4):
+
+1. if there is no snapshot store yet, sample every state point with the current potential (θ̃)
+   and cache U_θ̃(S_i) and the θ-independent observables (:func:`~difftre_torch.objective.fill_store`);
+2. reweight to the current θ and take the chunked gradient of the loss
+   (:func:`~difftre_torch.gradient.difftre_gradient`); if N_eff/N < ``resample_ratio`` at any
+   state point, sample again at θ and recompute (the step is never taken on stale weights);
+3. add λ · ∇L_FM on a minibatch of labelled reference frames (force matching);
+4. clip, step the optimiser and the learning-rate schedule;
+5. log (TensorBoard, tqdm, a text line) and write the checkpoint atomically.
+
+The trainer owns no physics: observables live in :mod:`difftre_torch.observables`, the loss in
+:mod:`difftre_torch.objective` / :mod:`difftre_torch.loss`, the gradient in
+:mod:`difftre_torch.gradient`, sampling in :mod:`difftre_torch.sampling`.
+
+A checkpoint (``<out_dir>/checkpoint.pt``) holds the parameters, optimiser, scheduler, RNG
+states (torch, NumPy, Python, the minibatch generator, every replica's integrator), the
+snapshot stores, the history and the update counter; ``fit(resume=True)`` continues exactly
+(bit-identical parameters on CPU). At the end the refined potential, the final observables
+against the targets (PNG and CSV, from a fresh sample with the refined model) and
+``summary.json`` are written, each atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms, units
+
+from difftre_torch.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from difftre_torch.experiment.target import Target
+from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
+from difftre_torch.gradient import difftre_gradient, reweight
+from difftre_torch.monitor import Monitor, history_figure, log_line, save_figure, scalar_parameters, target_figure
+from difftre_torch.objective import assign_targets, fill_store, make_chunk_fn, make_loss_fn, reweighted_predictions
+from difftre_torch.observables.thermo import lattice_lengths, pressure
+from difftre_torch.potentials.ase_calculator import potential_device_dtype
+from difftre_torch.potentials.base import Potential
+from difftre_torch.potentials.io import save_potential
+from difftre_torch.reweighting import reweighted_mean
+from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.store import SnapshotStore
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation settings.
+
+    updates: optimiser steps in total. learning_rate: Adam's step size (parameter units).
+    adam_betas: Adam's (β1, β2); a smaller β1 damps the overshoot that momentum causes when
+    the gradient shrinks by orders of magnitude near the optimum.
+    lr_schedule: "constant", "exponential" (× lr_decay per update) or "cosine" (to
+    lr_min_factor · learning_rate at the last update). grad_clip_norm: clip the total gradient
+    norm (None: no clipping). resample_ratio: resample when N_eff/N falls below it.
+    chunk_size: snapshots per chunk of the gradient (bounds memory). force_matching_weight: λ of
+    L_FM (0: off); fm_energy_weight, fm_force_weight: w_E, w_F inside L_FM; fm_batch_frames:
+    frames per update. figure_every: target figures to TensorBoard every so many updates.
+    final_sample: sample once more with the refined model for the final comparison.
+    """
+
+    updates: int = 30
+    learning_rate: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.95
+    lr_min_factor: float = 0.1
+    grad_clip_norm: float | None = None
+    resample_ratio: float = 0.9
+    chunk_size: int = 64
+    force_matching_weight: float = 0.0
+    fm_energy_weight: float = 1.0
+    fm_force_weight: float = 1.0
+    fm_batch_frames: int = 16
+    figure_every: int = 5
+    tensorboard: bool = True
+    progress: bool = True
+    final_sample: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "exponential", "cosine"):
+            raise ValueError(f"TrainerConfig.lr_schedule: expected 'constant', 'exponential' or "
+                             f"'cosine', got {self.lr_schedule!r}")
+        if not 0.0 < self.resample_ratio <= 1.0:
+            raise ValueError(f"TrainerConfig.resample_ratio: expected in (0, 1], got {self.resample_ratio}")
+        if self.updates < 0 or self.chunk_size < 1 or self.learning_rate <= 0:
+            raise ValueError("TrainerConfig: updates >= 0, chunk_size >= 1 and learning_rate > 0 are required")
+        if self.force_matching_weight < 0:
+            raise ValueError("TrainerConfig.force_matching_weight must be >= 0")
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
+    if config.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, config.updates), eta_min=config.learning_rate * config.lr_min_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+class DiffTReTrainer:
+    """Refines ``potential`` so that its ensemble averages match ``targets``.
+
+    potential: any potential of the contract (:mod:`difftre_torch.potentials.base`), an
+    ``nn.Module`` whose trainable parameters (or ``params``) are θ. atoms: the simulated system
+    (positions, cell rows, numbers; ASE Atoms). state_points: (T, P) points, each with replicas.
+    targets: the loss terms. reference_frames: labelled frames for force matching (used when
+    ``config.force_matching_weight > 0``). sampler: an alternative sampler with the
+    :class:`~difftre_torch.sampling.sampler.AseSampler` interface (default: AseSampler).
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        atoms: Atoms,
+        state_points: Sequence[StatePoint],
+        targets: Sequence[Target],
+        *,
+        sampler_config: SamplerConfig | None = None,
+        config: TrainerConfig | None = None,
+        out_dir: str | Path = "outputs/difftre",
+        reference_frames: ReferenceFrames | None = None,
+        params: Sequence[torch.nn.Parameter] | None = None,
+        sampler=None,
+    ) -> None:
+        self.potential = potential
+        self.config = config or TrainerConfig()
+        self.state_points = list(state_points)
+        self.point_names = [s.name for s in self.state_points]
+        self.targets = list(targets)
+        self.grouped = assign_targets(self.targets, self.point_names)
+        self.sampler = sampler or AseSampler(atoms, self.state_points, sampler_config or SamplerConfig())
+        self.numbers = torch.as_tensor(atoms.numbers, dtype=torch.long)
+        self.device, self.dtype = potential_device_dtype(potential)
+        self.params = list(params) if params is not None else [
+            p for p in potential.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("DiffTReTrainer: the potential has no trainable parameters")
+        if self.config.force_matching_weight > 0 and reference_frames is None:
+            raise ValueError("DiffTReTrainer: force_matching_weight > 0 needs reference_frames")
+        self.reference_frames = reference_frames
+        self.out_dir = Path(out_dir)
+        self.optimizer = torch.optim.Adam(self.params, lr=self.config.learning_rate,
+                                          betas=tuple(self.config.adam_betas))
+        self.scheduler = _scheduler(self.optimizer, self.config)
+        self.fm_rng = np.random.default_rng([self.config.seed, 17])
+        self.chunk_fn = make_chunk_fn(self.grouped)
+        self.loss_fn = make_loss_fn(self.grouped, self.point_names)
+        self.stores: list[SnapshotStore] | None = None
+        self.update = 0
+        self.resamples = 0
+        self.history: list[dict] = []
+        self.sample_stats: dict[str, dict] = {}
+        self.initial_predictions: dict[str, torch.Tensor] | None = None
+        self.times = {"sample": 0.0, "update": 0.0}
+
+    # ------------------------------------------------------------------ sampling and caching
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def _sample(self) -> float:
+        """Sample every state point with the current potential and refill the stores; seconds."""
+        t0 = time.perf_counter()
+        raw = self.sampler.sample(self.potential)
+        stores = []
+        for r in raw:
+            point = r.state_point
+            positions = r.positions.to(self.device, self.dtype)
+            cells = r.cells.to(self.device, self.dtype)
+            numbers = self.numbers.to(self.device)
+            stores.append(fill_store(point.name, positions, cells, numbers, self.potential,
+                                     self.grouped[point.name], temperature_K=point.temperature_K,
+                                     pressure_GPa=point.pressure_GPa, replica=r.replica,
+                                     chunk_size=self.config.chunk_size))
+            p = torch.cat([pressure(self.potential, positions[k:k + self.config.chunk_size],
+                                    cells[k:k + self.config.chunk_size], numbers, point.temperature_K)
+                           for k in range(0, positions.shape[0], self.config.chunk_size)])
+            self.sample_stats[point.name] = {
+                "pressure_GPa": float(p.mean()) / units.GPa,
+                "kinetic_temperature_K": float(r.stats.get("kinetic_temperature_K", math.nan)),
+                "discarded_frames": int(r.stats.get("discarded_frames", 0)),
+                "snapshots": int(positions.shape[0]),
+            }
+        self.stores = stores
+        return time.perf_counter() - t0
+
+    def _stale(self, n_eff: Sequence[float]) -> bool:
+        return any(n / len(s) < self.config.resample_ratio for n, s in zip(n_eff, self.stores))
+
+    def _state_values(self, weights: Sequence[torch.Tensor]) -> dict[str, dict[str, float]]:
+        out = {}
+        for store, w in zip(self.stores, weights):
+            lengths = reweighted_mean(w.to(store.cells), lattice_lengths(store.cells))
+            volume = reweighted_mean(w.to(store.cells), torch.linalg.det(store.cells).abs())
+            out[store.name] = {"a_A": float(lengths[0]), "b_A": float(lengths[1]),
+                               "c_A": float(lengths[2]), "volume_A3": float(volume),
+                               "pressure_GPa": self.sample_stats[store.name]["pressure_GPa"]}
+        return out
+
+    # ------------------------------------------------------------------ one update
+
+    def step(self) -> dict:
+        """One optimiser update (sampling first if needed); returns its record."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        sample_s = 0.0
+        resampled = False
+        if self.stores is None:
+            sample_s += self._sample()
+        result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
+                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size)
+        if self._stale(result.n_eff):
+            sample_s += self._sample()
+            resampled = True
+            self.resamples += 1
+            result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
+                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size)
+        values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
+        predictions = reweighted_predictions(result.weights, values, self.grouped, self.point_names)
+        if self.initial_predictions is None:
+            self.initial_predictions = {k: v.detach().cpu().double() for k, v in predictions.items()}
+        grads = [g.detach().clone() for g in result.grads]
+        loss = {"total": float(result.loss)}
+        loss.update({name: float(v) for name, v in result.parts.items()})
+        if cfg.force_matching_weight > 0:
+            batch = sample_minibatch(self.reference_frames, cfg.fm_batch_frames, self.fm_rng)
+            fm = force_matching_gradient(self.potential, self.reference_frames, batch, self.params,
+                                         energy_weight=cfg.fm_energy_weight,
+                                         force_weight=cfg.fm_force_weight,
+                                         device=self.device, dtype=self.dtype)
+            for g, fg in zip(grads, fm.grads):
+                g.add_(cfg.force_matching_weight * fg)
+            loss["force_matching"] = cfg.force_matching_weight * float(fm.loss)
+            loss["fm_energy_mse"] = float(fm.parts["energy_mse"])
+            loss["fm_force_mse"] = float(fm.parts["force_mse"])
+            loss["total"] += loss["force_matching"]
+        grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        if not math.isfinite(grad_norm):
+            raise FloatingPointError(f"update {self.update + 1}: the gradient is not finite")
+        if cfg.grad_clip_norm is not None and grad_norm > cfg.grad_clip_norm:
+            grads = [g * (cfg.grad_clip_norm / grad_norm) for g in grads]
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        theta = scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {}
+        for p, g in zip(self.params, grads):
+            p.grad = g.to(p)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.update += 1
+        update_s = time.perf_counter() - t0 - sample_s
+        self.times["sample"] += sample_s
+        self.times["update"] += update_s
+        record = {
+            "update": self.update,
+            "loss": loss,
+            "n_eff": {s.name: n for s, n in zip(self.stores, result.n_eff)},
+            "n_eff_ratio": {s.name: n / len(s) for s, n in zip(self.stores, result.n_eff)},
+            "resampled": resampled,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "time": {"sample": sample_s, "update": update_s},
+            "state": self._state_values(result.weights),
+            "parameters": theta,  # θ at which this record's loss was evaluated (before the step)
+        }
+        self.history.append(record)
+        self._last_predictions = predictions
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "update": self.update,
+            "potential": self.potential.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(), "fm": self.fm_rng.bit_generator.state},
+            "sampler": self.sampler.state_dict(),
+            "stores": None if self.stores is None else [s.state_dict() for s in self.stores],
+            "history": self.history,
+            "resamples": self.resamples,
+            "sample_stats": self.sample_stats,
+            "initial_predictions": self.initial_predictions,
+            "times": self.times,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        self.potential.load_state_dict(state["potential"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.fm_rng.bit_generator.state = state["rng"]["fm"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.stores = None
+        if state["stores"] is not None:
+            self.stores = []
+            for s in state["stores"]:
+                s = dict(s)
+                for key in ("positions", "cells", "reference_energies"):
+                    s[key] = s[key].to(self.device, self.dtype)
+                s["numbers"] = s["numbers"].to(self.device)
+                s["observables"] = {k: v.to(self.device, self.dtype) for k, v in s["observables"].items()}
+                self.stores.append(SnapshotStore.from_state_dict(s))
+        self.update = int(state["update"])
+        self.history = list(state["history"])
+        self.resamples = int(state["resamples"])
+        self.sample_stats = dict(state["sample_stats"])
+        self.initial_predictions = state["initial_predictions"]
+        self.times = dict(state["times"])
+
+    def save_checkpoint(self) -> Path:
+        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> dict:
+        """Run updates until ``config.updates``; with ``resume`` continue from the checkpoint.
+        Returns the summary (also written to ``summary.json``)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        elif self.checkpoint_path.exists() and not resume:
+            raise FileExistsError(f"{self.checkpoint_path} exists: pass resume=True (--resume) to "
+                                  f"continue it, or choose another output directory")
+        monitor = Monitor(self.out_dir / "tensorboard" if cfg.tensorboard else None,
+                          purge_step=self.update + 1 if resume else None)
+        log_path = self.out_dir / "train.log"
+        bar = tqdm(total=cfg.updates, initial=self.update, disable=not cfg.progress,
+                   desc="DiffTRe", dynamic_ncols=True)
+        try:
+            while self.update < cfg.updates:
+                record = self.step()
+                monitor.scalars(record, self.update)
+                if self.update % cfg.figure_every == 0 or self.update == cfg.updates:
+                    for t in self.targets:
+                        monitor.figure(f"targets/{t.name}", target_figure(
+                            t, self._last_predictions[t.name].detach().cpu().double().numpy(),
+                            self.initial_predictions[t.name].numpy()), self.update)
+                line = log_line(record)
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
+                bar.set_postfix(loss=f"{record['loss']['total']:.4g}",
+                                n_eff=f"{min(record['n_eff_ratio'].values()):.2f}")
+                bar.update(1)
+                bar.write(line) if cfg.progress else print(line, flush=True)
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            monitor.close()
+        return self.finalize()
+
+    # ------------------------------------------------------------------ results
+
+    def evaluate_targets(self) -> tuple[dict[str, torch.Tensor], dict[str, float], list[float]]:
+        """⟨O_k⟩ at the current θ over the current stores; (predictions, loss parts, N_eff)."""
+        rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size)
+        with torch.no_grad():
+            total, parts = self.loss_fn(rw.weights, rw.values)
+        predictions = reweighted_predictions(rw.weights, rw.values, self.grouped, self.point_names)
+        losses = {"total": float(total), **{k: float(v) for k, v in parts.items()}}
+        return predictions, losses, rw.n_eff
+
+    def finalize(self) -> dict:
+        """Write the refined potential, final observables vs targets (PNG, CSV) and summary.json."""
+        out = self.out_dir
+        final_sample_s = 0.0
+        if self.stores is None or self.config.final_sample:
+            final_sample_s = self._sample()
+        predictions, final_loss, n_eff = self.evaluate_targets()
+        model_path = save_potential(self.potential, out / "refined_potential")
+        figures, tables = [], []
+        for t in self.targets:
+            pred = predictions[t.name].detach().cpu().double().numpy()
+            init = None if self.initial_predictions is None else self.initial_predictions[t.name].numpy()
+            figures.append(str(save_figure(target_figure(t, pred, init), out / f"{t.name}.png")))
+            tables.append(str(self._write_table(t, pred, init)))
+        if self.history:
+            figures.append(str(save_figure(history_figure(self.history), out / "history.png")))
+        first = self.history[0]["loss"] if self.history else None
+        summary = {
+            "updates": self.update,
+            "loss_initial": first,
+            "loss_final": final_loss,
+            "final_from": "fresh sample with the refined potential" if self.config.final_sample else "reweighted store",
+            "n_eff_history": [r["n_eff"] for r in self.history],
+            "resamples": self.resamples,
+            "time_s": {**{k: round(v, 3) for k, v in self.times.items()}, "final_sample": round(final_sample_s, 3)},
+            "parameters_final": scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {},
+            "parameters_initial": self.history[0]["parameters"] if self.history else {},
+            "state_points": {s.name: {**asdict(s), **self.sample_stats.get(s.name, {})} for s in self.state_points},
+            "refined_potential": str(model_path),
+            "figures": figures,
+            "tables": tables,
+            "blow_ups": list(getattr(self.sampler, "blow_ups", [])),
+            "config": asdict(self.config),
+        }
+        atomic_write_json(out / "summary.json", summary)
+        return summary
+
+    def _write_table(self, target: Target, prediction: np.ndarray, initial: np.ndarray | None) -> Path:
+        n = target.values.shape[0]
+        x = target.x.numpy() if target.x is not None else np.arange(n, dtype=float)
+        sigma = target.sigma.numpy() if target.sigma is not None else np.full(n, np.nan)
+        init = initial if initial is not None else np.full(n, np.nan)
+        rows = ["x,target,sigma,initial,final"]
+        rows += [f"{a:.6g},{b:.6g},{c:.6g},{d:.6g},{e:.6g}"
+                 for a, b, c, d, e in zip(x, target.values.numpy(), sigma, init, prediction)]
+        path = self.out_dir / f"{target.name}.csv"
+        atomic_write_text(path, "\n".join(rows) + "\n")
+        return path
+
