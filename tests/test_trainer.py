@@ -226,3 +226,40 @@ def test_existing_checkpoint_needs_resume(tmp_path):
     with pytest.raises(FileExistsError, match="resume"):
         make().fit()
     assert make().fit(resume=True)["updates"] == 1
+
+
+def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequip_checkpoint, tmp_path):
+    """A real nequip-train checkpoint: NVT sampling with it, an RDF target plus force matching on
+    labelled frames, one update that changes the weights, and a refined .ckpt that reloads
+    with the new weights."""
+    pytest.importorskip("nequip")
+    from conftest import tiny_cn_frames
+
+    from difftre_torch.force_matching import ReferenceFrames
+    from difftre_torch.potentials.nequip import load_nequip
+
+    frames = tiny_cn_frames(n_frames=4, seed=2)
+    potential = load_nequip(tiny_nequip_checkpoint, dtype=torch.float64)
+    before = {k: v.clone() for k, v in potential.state_dict().items()}
+    x = np.arange(10) * 0.2 + 1.1
+    trainer = DiffTReTrainer(
+        potential, frames[0], [StatePoint("T300", 300.0)],
+        [Target("rdf", "rdf", np.ones(10), x=x, options={"weighting": "xray"})],
+        sampler_config=SamplerConfig(timestep_fs=0.5, friction_per_fs=0.05, equilibration_steps=5,
+                                     snapshots_per_replica=4, stride=2, min_distance_A=0.3,
+                                     max_volume_ratio=10.0),
+        config=TrainerConfig(updates=1, learning_rate=1e-2, force_matching_weight=0.5,
+                             fm_batch_frames=3, progress=False, tensorboard=False, final_sample=False),
+        out_dir=tmp_path, reference_frames=ReferenceFrames.from_atoms(frames))
+    summary = trainer.fit()
+    assert summary["refined_potential"].endswith("refined_potential.ckpt")
+    assert summary["loss_initial"]["force_matching"] > 0
+    changed = [k for k, v in potential.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    reloaded = load_nequip(summary["refined_potential"], dtype=torch.float64)
+    pos = torch.tensor(np.stack([a.positions for a in frames]))
+    cell = torch.tensor(np.stack([a.cell.array for a in frames]))
+    numbers = torch.tensor(frames[0].numbers)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pos, cell, numbers), potential(pos, cell, numbers),
+                                   rtol=1e-6, atol=1e-6)
