@@ -124,74 +124,14 @@ def rattled_snapshots(system: System, n_snapshots: int, seed: int = 0):
 # ---------------------------------------------------------------------------------------------
 # a tiny NequIP model, trained here
 
-_NEQUIP_CONFIG = """\
-run: [train]
-seed: 7
-cutoff_radius: 4.0
-model_type_names: [C, N]
-data:
-  _target_: nequip.data.datamodule.ASEDataModule
-  seed: ${{seed}}
-  train_file_path: {data}
-  val_file_path: {data}
-  transforms:
-    - _target_: nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper
-      model_type_names: ${{model_type_names}}
-      chemical_species_to_atom_type_map: ${{list_to_identity_dict:${{model_type_names}}}}
-    - _target_: nequip.data.transforms.NeighborListTransform
-      r_max: ${{cutoff_radius}}
-  train_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 4}}
-  val_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 8}}
-  stats_manager:
-    _target_: nequip.data.CommonDataStatisticsManager
-    type_names: ${{model_type_names}}
-trainer:
-  _target_: lightning.Trainer
-  max_epochs: 1
-  accelerator: cpu
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger: false
-  callbacks:
-    - {{_target_: lightning.pytorch.callbacks.ModelCheckpoint, dirpath: {out}, save_last: true}}
-training_module:
-  _target_: nequip.train.EMALightningModule
-  ema_decay: 0.9
-  loss:
-    _target_: nequip.train.EnergyForceLoss
-    per_atom_energy: true
-    coeffs: {{total_energy: 1.0, forces: 1.0}}
-  val_metrics:
-    _target_: nequip.train.EnergyForceMetrics
-    coeffs: {{total_energy_mae: 1.0, forces_mae: 1.0}}
-  optimizer: {{_target_: torch.optim.Adam, lr: 0.01}}
-  model:
-    _target_: nequip.model.NequIPGNNModel
-    seed: ${{seed}}
-    model_dtype: float32
-    type_names: ${{model_type_names}}
-    r_max: ${{cutoff_radius}}
-    l_max: 1
-    parity: false
-    num_layers: 2
-    num_features: 4
-    radial_mlp_depth: 1
-    radial_mlp_width: 8
-    num_bessels: 4
-    avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
-    per_type_energy_shifts: ${{training_data_stats:per_atom_energy_mean}}
-    per_type_energy_scales: ${{training_data_stats:forces_rms}}
-"""
-NEQUIP_DESCRIPTION = "NequIP (nequip-train, 1 epoch, float32, l_max 1, 4 features, 2 layers, r_max 4 Å)"
-
-
 def train_tiny_nequip(workdir: Path, n_frames: int = 8) -> Path:
-    """nequip-train one epoch on ``n_frames`` EMT-labelled rattled C4N4 cubes (2×2×2 rock
-    salt, 4.4 Å) in ``workdir``; returns the ``last.ckpt``. Raises RuntimeError on failure."""
+    """nequip-train one epoch (:func:`difftre_torch.testing.train_tiny_nequip`) on ``n_frames``
+    EMT-labelled rattled C4N4 cubes (2×2×2 rock salt, 4.4 Å) in ``workdir``; returns ``last.ckpt``."""
     import numpy as np
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
+
+    from difftre_torch import testing
 
     rng = np.random.default_rng(7)
     frames = []
@@ -202,23 +142,7 @@ def train_tiny_nequip(workdir: Path, n_frames: int = 8) -> Path:
         results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
-    data, out = workdir / "data.xyz", workdir / "run"
-    write(data, frames)
-    (workdir / "tiny.yaml").write_text(_NEQUIP_CONFIG.format(data=data, out=out))
-    train = Path(sys.executable).parent / "nequip-train"
-    if not train.exists():
-        found = shutil.which("nequip-train")
-        if found is None:
-            raise RuntimeError("nequip-train not found next to this interpreter or on PATH")
-        train = Path(found)
-    result = subprocess.run(
-        [str(train), "-cp", str(workdir), "-cn", "tiny", f"hydra.run.dir={out}"],
-        cwd=workdir, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True, text=True,
-    )
-    ckpt = out / "last.ckpt"
-    if result.returncode != 0 or not ckpt.exists():
-        raise RuntimeError(f"nequip-train failed (rc {result.returncode}):\n{result.stderr[-2000:]}")
-    return ckpt
+    return testing.train_tiny_nequip(workdir, frames)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,7 +696,8 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 checkpoint = str(train_tiny_nequip(Path(tmp)))
                 seconds = time.perf_counter() - t0
-                model_text = f"{NEQUIP_DESCRIPTION}, trained in {seconds:.0f} s; rattled rock-salt C/N"
+                from difftre_torch.testing import TINY_NEQUIP_DESCRIPTION
+                model_text = f"{TINY_NEQUIP_DESCRIPTION}, trained in {seconds:.0f} s; rattled rock-salt C/N"
                 print(f"trained the tiny NequIP model in {seconds:.0f} s", flush=True)
             except Exception as err:  # noqa: BLE001 - any failure means: fall back (or stop)
                 if args.model == "nequip":

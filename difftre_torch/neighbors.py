@@ -73,3 +73,135 @@ def pair_vectors(positions: torch.Tensor, cell: torch.Tensor, pairs: Pairs) -> t
     """r_ij = x_j − x_i + S·cell for every pair, [P, 3] Å, differentiable in positions and cell."""
     offsets = torch.einsum("pk,pkl->pl", pairs.shifts, cell[pairs.batch])
     return positions[pairs.batch, pairs.j] - positions[pairs.batch, pairs.i] + offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Verlet lists: pairs within cutoff + skin, reused while no pair can have crossed the cutoff
+
+
+@dataclass
+class VerletList:
+    """Pairs within ``cutoff_A + skin_A`` of B snapshots, kept while they cover every pair within
+    ``cutoff_A`` (see :func:`verlet_displacement`).
+
+    pairs: the concatenated :class:`Pairs` of all snapshots (pass it to a potential's forward).
+    per_snapshot: B tuples (i [P_b], j [P_b], shifts [P_b, 3]), the part of each snapshot, so
+        that one snapshot can be rebuilt without searching the others.
+    reference_positions: [B, N, 3] Å and reference_cells: [B, 3, 3] Å (rows) at each snapshot's
+        last build.
+    cutoff_A, skin_A: the interaction cut-off and the skin (Å); full: both (i, j) and (j, i).
+    builds: [B] int64, how many times each snapshot's list was built (diagnostics).
+    """
+
+    pairs: Pairs
+    per_snapshot: list
+    reference_positions: torch.Tensor
+    reference_cells: torch.Tensor
+    cutoff_A: float
+    skin_A: float
+    full: bool
+    builds: torch.Tensor
+
+
+def _search_snapshot(search, positions: torch.Tensor, cell: torch.Tensor):
+    i, j, s = search.compute(points=positions, box=cell, periodic=True, quantities="ijS")
+    return i.long(), j.long(), s.to(positions.dtype)
+
+
+def _concatenate(per_snapshot: list, full: bool, device) -> Pairs:
+    batch = [torch.full_like(i, b) for b, (i, _, _) in enumerate(per_snapshot)]
+    return Pairs(
+        batch=torch.cat(batch) if batch else torch.zeros(0, dtype=torch.long, device=device),
+        i=torch.cat([p[0] for p in per_snapshot]),
+        j=torch.cat([p[1] for p in per_snapshot]),
+        shifts=torch.cat([p[2] for p in per_snapshot]),
+        full=full,
+    )
+
+
+def verlet_list(
+    positions: torch.Tensor, cell: torch.Tensor, cutoff_A: float, skin_A: float, full: bool = False
+) -> VerletList:
+    """Build the Verlet list of every snapshot: pairs with |r_ij| < cutoff_A + skin_A.
+
+    positions: [B, N, 3] Å; cell: [B, 3, 3] Å (rows). The search is vesin's, on the tensors'
+    device, as in :func:`neighbor_pairs`.
+    """
+    from vesin.torch import NeighborList
+
+    if skin_A < 0:
+        raise ValueError(f"verlet_list: skin_A must be >= 0, got {skin_A}")
+    search = NeighborList(cutoff=float(cutoff_A + skin_A), full_list=full)
+    pos, box = positions.detach(), cell.detach()
+    per_snapshot = [_search_snapshot(search, pos[b], box[b]) for b in range(pos.shape[0])]
+    return VerletList(
+        pairs=_concatenate(per_snapshot, full, pos.device),
+        per_snapshot=per_snapshot,
+        reference_positions=pos.clone(),
+        reference_cells=box.clone(),
+        cutoff_A=float(cutoff_A),
+        skin_A=float(skin_A),
+        full=full,
+        builds=torch.ones(pos.shape[0], dtype=torch.long),
+    )
+
+
+def verlet_displacement(vl: VerletList, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Upper bound on how much any pair distance may have shrunk since each snapshot's build, [B] Å.
+
+    With M = h₀⁻¹ h (the affine map of the cell since the build, rows) and the non-affine
+    displacements u_i = x_i − x_i⁰ M, a pair vector is r = r⁰ M + u_j − u_i, so
+    |r| ≥ |r⁰| (1 − ‖M − 1‖_F) − 2 max_i |u_i|. A pair missing from the list had
+    |r⁰| ≥ r_c + skin, so the list still holds every pair within r_c while
+
+        2 max_i |u_i| + (r_c + skin) ‖M − 1‖_F < skin.
+
+    Returns the left-hand side per snapshot (for a fixed cell, twice the largest displacement).
+    A non-finite snapshot gives NaN (compare with ``>=`` so that it is not rebuilt from NaN).
+    """
+    x0, h0 = vl.reference_positions, vl.reference_cells
+    strain = torch.linalg.solve(h0, cell.detach() - h0)  # M − 1
+    u = positions.detach() - x0 - torch.bmm(x0, strain)
+    return 2.0 * u.norm(dim=-1).amax(dim=-1) + (vl.cutoff_A + vl.skin_A) * strain.flatten(1).norm(dim=-1)
+
+
+def verlet_list_is_stale(vl: VerletList, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the snapshot's list may miss a pair within the cut-off (and its positions and
+    cell are finite, so it can be searched again). Stays on the device."""
+    pos, box = positions.detach(), cell.detach()
+    finite = torch.isfinite(pos).flatten(1).all(dim=1) & torch.isfinite(box).flatten(1).all(dim=1)
+    return (verlet_displacement(vl, pos, box) >= vl.skin_A) & finite
+
+
+def refresh_verlet_list(
+    vl: VerletList,
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    rebuild: torch.Tensor | None = None,
+    *,
+    stale: torch.Tensor | None = None,
+) -> VerletList:
+    """Rebuild, in place, the snapshots whose list may have gone stale
+    (:func:`verlet_list_is_stale`, or the precomputed ``stale`` [B] bool) and those flagged in
+    ``rebuild`` [B] bool; returns ``vl``. Snapshots with non-finite positions or cell are never
+    searched (their list is left as it was: the caller discards such a snapshot). Deciding
+    which snapshots to search is one host transfer of B booleans."""
+    from vesin.torch import NeighborList
+
+    pos, box = positions.detach(), cell.detach()
+    if stale is None:
+        stale = verlet_list_is_stale(vl, pos, box)
+    if rebuild is not None:
+        finite = torch.isfinite(pos).flatten(1).all(dim=1) & torch.isfinite(box).flatten(1).all(dim=1)
+        stale = stale | (rebuild.to(stale.device) & finite)
+    which = torch.nonzero(stale).flatten().tolist()
+    if not which:
+        return vl
+    search = NeighborList(cutoff=vl.cutoff_A + vl.skin_A, full_list=vl.full)
+    for b in which:
+        vl.per_snapshot[b] = _search_snapshot(search, pos[b], box[b])
+        vl.reference_positions[b] = pos[b]
+        vl.reference_cells[b] = box[b]
+        vl.builds[b] += 1
+    vl.pairs = _concatenate(vl.per_snapshot, vl.full, pos.device)
+    return vl

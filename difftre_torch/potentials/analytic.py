@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from difftre_torch.neighbors import neighbor_pairs, pair_vectors
+from difftre_torch.neighbors import Pairs, neighbor_pairs, pair_vectors
 
 
 class LennardJones(nn.Module):
@@ -42,11 +42,29 @@ class LennardJones(nn.Module):
 
         return phi(r) - phi(torch.as_tensor(self.cutoff_A, dtype=r.dtype, device=r.device))
 
-    def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        pairs = neighbor_pairs(positions, cell, self.cutoff_A, full=False)
-        r = pair_vectors(positions, cell, pairs).norm(dim=-1)
+    def forward(
+        self,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        numbers: torch.Tensor,
+        pairs: Pairs | None = None,
+    ) -> torch.Tensor:
+        """Energy [B] eV. ``pairs``: optional precomputed pairs (e.g. a Verlet list with a skin,
+        half or full) covering every pair within the cut-off; pairs beyond it contribute zero,
+        a full list is counted once per unordered pair. Without it the pairs are searched here."""
         energy = torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
-        return energy.index_add(0, pairs.batch, self.pair_energy(r))
+        if pairs is None:
+            pairs = neighbor_pairs(positions, cell, self.cutoff_A, full=False)
+            r = pair_vectors(positions, cell, pairs).norm(dim=-1)
+            return energy.index_add(0, pairs.batch, self.pair_energy(r))
+        r = pair_vectors(positions, cell, pairs).norm(dim=-1)
+        inside = r < self.cutoff_A
+        # pairs beyond the cut-off: evaluated at r_c (finite, zero) so no NaN/inf enters the graph
+        pair = self.pair_energy(torch.where(inside, r, torch.full_like(r, self.cutoff_A)))
+        pair = torch.where(inside, pair, torch.zeros_like(pair))
+        if pairs.full:
+            pair = 0.5 * pair
+        return energy.index_add(0, pairs.batch, pair)
 
 
 class HarmonicOscillators(nn.Module):

@@ -70,7 +70,7 @@ from typing import Any
 import torch
 
 from difftre_torch.checkpoint import _atomic_write, atomic_torch_save, atomic_write_text
-from difftre_torch.neighbors import neighbor_pairs
+from difftre_torch.neighbors import Pairs, neighbor_pairs, pair_vectors
 
 SOLE_MODEL_KEY = "sole_model"  # nequip's key for a single model in a checkpoint's ModuleDict
 _DATA_DTYPE = torch.float64  # nequip's data dtype (positions, cell, shifts), whatever the model dtype
@@ -260,14 +260,27 @@ class NequIPPotential(torch.nn.Module):
             )
         return types
 
-    def graph(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> dict:
-        """The batched nequip AtomicDataDict of B snapshots (float64 positions, cell, shifts)."""
+    def graph(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor,
+              pairs: Pairs | None = None) -> dict:
+        """The batched nequip AtomicDataDict of B snapshots (float64 positions, cell, shifts).
+
+        pairs: optional precomputed full pair list covering every pair within ``r_max_A`` (e.g.
+        a Verlet list with a skin); the edges beyond ``r_max_A`` are dropped here, so the graph
+        is the one a fresh search would give (up to edge order)."""
         from nequip.data import AtomicDataDict as K
 
         B, N, _ = positions.shape
         device = positions.device
         types = self.atom_types(numbers).to(device)
-        pairs = neighbor_pairs(positions, cell, self.r_max_A, full=True)
+        if pairs is None:
+            pairs = neighbor_pairs(positions, cell, self.r_max_A, full=True)
+        else:
+            if not pairs.full:
+                raise ValueError("NequIPPotential: a precomputed pair list must be full (both i→j and j→i)")
+            with torch.no_grad():
+                keep = pair_vectors(positions.detach(), cell.detach(), pairs).norm(dim=-1) < self.r_max_A
+            pairs = Pairs(batch=pairs.batch[keep], i=pairs.i[keep], j=pairs.j[keep],
+                          shifts=pairs.shifts[keep], full=True)
         offset = pairs.batch * N
         return {
             K.POSITIONS_KEY: positions.to(_DATA_DTYPE).reshape(B * N, 3),
@@ -280,7 +293,8 @@ class NequIPPotential(torch.nn.Module):
             K.NUM_NODES_KEY: torch.full((B,), N, dtype=torch.long, device=device),
         }
 
-    def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor,
+                pairs: Pairs | None = None) -> torch.Tensor:
         if positions.ndim != 3 or cell.shape != (positions.shape[0], 3, 3):
             raise ValueError(
                 f"NequIPPotential: expected positions [B,N,3] and cell [B,3,3], got "
@@ -288,7 +302,7 @@ class NequIPPotential(torch.nn.Module):
             )
         from nequip.data import AtomicDataDict as K
 
-        data = self.graph(positions, cell, numbers)
+        data = self.graph(positions, cell, numbers, pairs)
         if self.compiled:
             return self._compiled_energy(positions, cell, data).to(positions.dtype)
         energy = self.model(data)[K.TOTAL_ENERGY_KEY]

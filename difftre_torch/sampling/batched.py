@@ -1,0 +1,521 @@
+"""R replicas of one system advanced together as one batch on the potential's device.
+
+:class:`BatchedSampler` has the interface of :class:`~difftre_torch.sampling.sampler.AseSampler`
+(``sample(potential) -> list[RawSamples]``, ``state_dict``, ``load_state_dict``, ``blow_ups``,
+``state_points``) and returns the same :class:`~difftre_torch.sampling.sampler.RawSamples`, so
+the trainer cannot tell which one ran. All replicas of all state points share one batch: one
+energy + force (+ stress) evaluation per step for all of them, temperatures and pressures per
+replica. Physics (units ASE's: Å, eV, fs at the interface, K, GPa; cells as rows):
+
+* the step is :mod:`difftre_torch.sampling.integrators`: BAOAB Langevin for the atoms (same
+  γ, T and Δt meaning as ASE's ``Langevin``), Langevin–Hoover for the cell of NPT replicas (the
+  equations and barostat-mass heuristic of ASE's ``LangevinBAOAB``: full cell, or
+  ``hydrostatic``), centre of mass fixed (3N − 3 degrees of freedom);
+* neighbours: a Verlet list (cut-off + ``skin_A``, vesin) is passed to potentials whose forward
+  takes ``pairs=`` (``LennardJones``, ``NequIPPotential``); a replica's list is rebuilt only
+  when the bound of :func:`~difftre_torch.neighbors.verlet_displacement` reaches the skin (for
+  a fixed cell: an atom moved more than half the skin). Other potentials are called as they
+  are. The one host round trip per step is 2R booleans (state finite, list stale), needed to
+  decide which lists vesin rebuilds;
+* noise: one ``torch.Generator`` per replica, seeded from (seed, state point, replica), drawn
+  ``noise_block_steps`` steps at a time; a replica's trajectory does not depend on which other
+  replicas share its batch;
+* blow-ups, per replica, every ``check_every`` steps: non-finite values, two atoms closer than
+  ``min_distance_A``, volume outside the allowed ratio. That replica's frames since its last
+  good check are dropped, it restarts from that state with the noise stream moved on (new noise),
+  the event goes to ``blow_ups`` and a warning; the others carry on, and finished replicas wait
+  (unchanged) until every replica has its frames.
+* ``state_dict()`` holds positions, momenta, cells, cell momenta, generator states and the step
+  count; a restored sampler continues bit for bit on the same device type.
+
+torch-sim: evaluated, not used. torch-sim-atomistic 0.3.0 (the newest release that installs on
+Python 3.11; installed with constraints.txt, torch stayed 2.13.0) was read and run with our
+``LennardJones`` behind its ``ModelInterface`` (32-atom LJ fluid, two systems in one batch). Its
+batch layout fits (``nvt_langevin`` is BAOAB and takes a kT per system), but: (1) its Langevin
+noise comes from torch's global generator (``torch.randn_like``); ``seed=`` seeds only the
+initial momenta (same ``seed=``, other ``torch.manual_seed``: different trajectories). So a
+replica has no stream of its own, it cannot be restarted with new noise without changing the
+other replicas' noise, and an exact restore means saving the process-wide RNG state; (2) it has
+no FixCom: the O step adds centre-of-mass momentum (after 200 steps, a total momentum of 6.3
+and 2.9 amu·Å/t_ASE per system, against 1.4 for one atom's thermal momentum), so its degrees of
+freedom differ from the ASE sampler's 3N − 3; (3) both of its NPT integrators (``npt_langevin``,
+``npt_nose_hoover``) scale the cell isotropically ("currently only isotropic fluctuations"), so
+no anisotropic cell as in our ASE sampler; ``npt_langevin`` calls the model twice per step
+(measured 2.0 calls/step, NVT 1.0), and its friction is in mass/time, not ASE's γ; (4) it wraps
+positions into the cell every step, and its cells are columns where ours are rows; (5) its
+models return forces and stress themselves, ours return the energy only (an adapter is short,
+so this alone would not rule it out). Points 1–3 go against what this sampler must do. So the
+integrators here are our own: BAOAB + Langevin–Hoover, ASE ``LangevinBAOAB``'s equations
+rewritten for a batch (no code copied).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from ase import Atoms, units
+
+from difftre_torch.neighbors import (
+    VerletList,
+    pair_vectors,
+    refresh_verlet_list,
+    verlet_list,
+    verlet_list_is_stale,
+)
+from difftre_torch.potentials.ase_calculator import potential_device_dtype
+from difftre_torch.potentials.base import Potential, evaluate
+from difftre_torch.sampling.integrators import (
+    LangevinParameters,
+    LangevinState,
+    baoab_drift,
+    baoab_kick,
+    cell_force,
+    kinetic_temperature_K,
+    maxwell_boltzmann_momenta,
+)
+from difftre_torch.sampling.sampler import RawSamples, SamplerConfig, StatePoint
+
+
+@dataclass
+class BatchedSamplerConfig(SamplerConfig):
+    """:class:`~difftre_torch.sampling.sampler.SamplerConfig` plus the batched sampler's own
+    settings (a plain SamplerConfig works too, with these defaults).
+
+    skin_A: Verlet skin (Å) added to the potential's cut-off.
+    noise_block_steps: steps of Gaussian noise drawn per replica at once (fewer kernel launches).
+    max_blow_ups: blow-ups one replica may have in one segment before a RuntimeError.
+    """
+
+    skin_A: float = 1.0
+    noise_block_steps: int = 32
+    max_blow_ups: int = 20
+
+    def __post_init__(self) -> None:
+        if self.skin_A < 0 or self.noise_block_steps < 1:
+            raise ValueError("BatchedSamplerConfig: skin_A >= 0 and noise_block_steps >= 1 are required")
+
+
+def replica_seed(seed: int, point: int, replica: int) -> int:
+    """The seed of one replica's generator: from NumPy's SeedSequence([seed, point, replica])."""
+    return int(np.random.SeedSequence([seed, point, replica]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def barostat_mass(barostat_tau_fs: float, n_atoms: int) -> float:
+    """ASE LangevinBAOAB's heuristic cell mass W = ((P_tau/4)/C · N^(1/6))², C = 1.66 fs (a cell
+    fluctuation period of about P_tau/4)."""
+    return float(((barostat_tau_fs / 4.0) / 1.66 * n_atoms ** (1.0 / 6.0)) ** 2)
+
+
+class ReplicaNoise:
+    """Independent streams of standard normal numbers, one ``torch.Generator`` per replica.
+
+    ``next()`` gives [R, width] (one step); numbers are drawn ``block_steps`` steps at a time,
+    [block_steps, width] per replica. The state (generator states before the current block, and
+    the position in it) restores the streams exactly.
+    """
+
+    def __init__(self, seeds: list[int], width: int, block_steps: int, device, dtype) -> None:
+        self.width, self.block_steps = int(width), int(block_steps)
+        self.device, self.dtype = torch.device(device), dtype
+        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        self.block_states = [g.get_state() for g in self.generators]
+        self.buffer: torch.Tensor | None = None
+        self.position = self.block_steps  # empty: the next call draws a block
+
+    def direct(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """[R, *shape] drawn straight from each stream (initial momenta); only between blocks."""
+        if self.position != self.block_steps:
+            raise RuntimeError("ReplicaNoise.direct: only allowed before the first block is drawn")
+        out = torch.stack([torch.randn(shape, generator=g, device=self.device, dtype=self.dtype)
+                           for g in self.generators])
+        self.block_states = [g.get_state() for g in self.generators]
+        return out
+
+    def _draw_block(self) -> None:
+        self.block_states = [g.get_state() for g in self.generators]
+        self.buffer = torch.stack([
+            torch.randn(self.block_steps, self.width, generator=g, device=self.device, dtype=self.dtype)
+            for g in self.generators], dim=1)  # [block_steps, R, width]
+        self.position = 0
+
+    def next(self) -> torch.Tensor:
+        if self.position >= self.block_steps:
+            self._draw_block()
+        out = self.buffer[self.position]
+        self.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"block_states": [s.clone() for s in self.block_states], "position": self.position,
+                "device_type": self.device.type}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["device_type"] != self.device.type:
+            raise ValueError(f"ReplicaNoise: the saved generators are {state['device_type']} generators; "
+                             f"this sampler runs on {self.device.type} (restore on the same device type)")
+        for g, s in zip(self.generators, state["block_states"], strict=True):
+            g.set_state(s)
+        if state["position"] < self.block_steps:
+            self._draw_block()  # the same numbers again, generators advanced past them
+        else:
+            self.buffer = None
+        self.position = int(state["position"])
+
+
+def blow_up_reasons(
+    state: LangevinState,
+    reference_volume_A3: float,
+    min_distance_A: float,
+    max_volume_ratio: float,
+    verlet: VerletList | None,
+) -> list[str | None]:
+    """Why each replica's state is unphysical, or None where it looks healthy, [R] (one host sync).
+
+    Checks, as :func:`~difftre_torch.sampling.ase_md.blow_up_reason`: non-finite positions,
+    momenta or cell; volume outside [V₀/r, V₀·r]; two atoms closer than ``min_distance_A``
+    (from ``verlet``, which must be valid at ``state``'s positions and reach that distance).
+    """
+    x, p, h = state.positions, state.momenta, state.cells
+    finite = (torch.isfinite(x).flatten(1).all(1) & torch.isfinite(p).flatten(1).all(1)
+              & torch.isfinite(h).flatten(1).all(1))
+    volume = torch.linalg.det(torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device)))
+    ratio = volume.abs() / reference_volume_A3
+    closest = torch.full_like(ratio, float("inf"))
+    if verlet is not None and min_distance_A > 0 and len(verlet.pairs):
+        pairs = verlet.pairs
+        safe_x = torch.where(finite[:, None, None], x, torch.zeros_like(x))
+        safe_h = torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device).expand_as(h))
+        r = pair_vectors(safe_x, safe_h, pairs).norm(dim=-1)
+        closest = closest.scatter_reduce(0, pairs.batch, r, reduce="amin")
+    finite, ratio, closest = finite.tolist(), ratio.tolist(), closest.tolist()
+    reasons: list[str | None] = []
+    for ok, v, d in zip(finite, ratio, closest):
+        if not ok:
+            reasons.append("non-finite positions, momenta or cell")
+        elif not (1.0 / max_volume_ratio <= v <= max_volume_ratio):
+            reasons.append(f"cell volume is {v:.2f}× the reference")
+        elif d < min_distance_A:
+            reasons.append(f"two atoms {d:.3f} Å apart, closer than {min_distance_A} Å")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def pair_list_request(potential: Potential) -> tuple[float, bool] | None:
+    """(cut-off Å, full list?) if ``potential``'s forward takes a precomputed ``pairs=`` list and
+    states its cut-off (``cutoff_A`` or ``r_max_A``); None otherwise. LennardJones takes a half
+    list, any other potential gets a full one."""
+    from difftre_torch.potentials.analytic import LennardJones
+
+    try:
+        parameters = inspect.signature(getattr(potential, "forward", potential)).parameters
+    except (TypeError, ValueError):
+        return None
+    cutoff = getattr(potential, "cutoff_A", None) or getattr(potential, "r_max_A", None)
+    if "pairs" not in parameters or cutoff is None:
+        return None
+    return float(cutoff), not isinstance(potential, LennardJones)
+
+
+@dataclass
+class _Round:
+    """What one ``sample`` call needs while it runs."""
+
+    potential: Potential
+    params: LangevinParameters
+    numbers: torch.Tensor
+    pairs_request: tuple[float, bool] | None
+    verlet: VerletList | None
+    need_stress: bool
+
+
+class BatchedSampler:
+    """R replicas (all state points together) advanced as one batch; see the module docstring.
+
+    atoms: the system (positions, cell rows, numbers, masses). state_points: as for AseSampler.
+    config: a :class:`BatchedSamplerConfig` or a plain SamplerConfig. ``replicas`` lists
+    (state point index, replica index within it) in batch order.
+    """
+
+    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None) -> None:
+        if not state_points:
+            raise ValueError("BatchedSampler: at least one state point is needed")
+        names = [s.name for s in state_points]
+        if len(set(names)) != len(names):
+            raise ValueError(f"BatchedSampler: state point names must be unique, got {names}")
+        if not np.all(atoms.pbc):
+            raise ValueError("BatchedSampler: the system must be periodic in 3D")
+        self.template = atoms.copy()
+        self.template.calc = None
+        self.template.set_constraint()
+        self.state_points = list(state_points)
+        self.config = config or BatchedSamplerConfig()
+        self.replicas = [(p, r) for p, point in enumerate(self.state_points) for r in range(point.replicas)]
+        self.reference_volume_A3 = float(self.template.get_volume())
+        self.state: LangevinState | None = None
+        self.noise: ReplicaNoise | None = None
+        self._pending: dict | None = None  # a loaded state_dict, applied on the next sample()
+        self.step = 0
+        self.rounds = 0
+        self.blow_ups: list[str] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def n_replicas(self) -> int:
+        return len(self.replicas)
+
+    def _setting(self, name: str):
+        return getattr(self.config, name, getattr(BatchedSamplerConfig, name))
+
+    def _parameters(self, device, dtype=torch.float64) -> LangevinParameters:
+        cfg, n = self.config, len(self.template)
+        points = [self.state_points[p] for p, _ in self.replicas]
+        tensor = lambda values, kind=dtype: torch.tensor(values, dtype=kind, device=device)
+        return LangevinParameters(
+            timestep=cfg.timestep_fs * units.fs,
+            friction=cfg.friction_per_fs / units.fs,
+            kT=tensor([units.kB * s.temperature_K for s in points]),
+            masses=tensor(self.template.get_masses().tolist()),
+            pressure=tensor([(s.pressure_GPa or 0.0) * units.GPa for s in points]),
+            barostat=tensor([s.pressure_GPa is not None for s in points], torch.bool),
+            barostat_mass=tensor([barostat_mass(cfg.barostat_tau_fs, n)] * self.n_replicas),
+            cell_friction=units.fs / cfg.barostat_tau_fs,
+            hydrostatic=bool(cfg.hydrostatic),
+        )
+
+    def _initialise(self, device, params: LangevinParameters) -> None:
+        n = len(self.template)
+        seeds = [replica_seed(self.config.seed, p, r) for p, r in self.replicas]
+        self.noise = ReplicaNoise(seeds, 3 * n + 9, self._setting("noise_block_steps"), device, torch.float64)
+        pending, self._pending = self._pending, None
+        as_device = lambda t: t.to(device=device, dtype=torch.float64)
+        if pending is not None and pending["state"] is not None:
+            self.state = LangevinState(**{k: as_device(v) for k, v in pending["state"].items()})
+            self.noise.load_state_dict(pending["noise"])
+            return
+        R = self.n_replicas
+        positions = torch.tensor(self.template.positions, dtype=torch.float64, device=device)
+        cell = torch.tensor(self.template.cell.array, dtype=torch.float64, device=device)
+        momenta = maxwell_boltzmann_momenta(params.masses, params.kT, self.noise.direct((n, 3)))
+        self.state = LangevinState(
+            positions=positions.expand(R, n, 3).clone(), momenta=momenta,
+            cells=cell.expand(R, 3, 3).clone(),
+            cell_momenta=torch.zeros(R, 3, 3, dtype=torch.float64, device=device),
+            forces=torch.zeros(R, n, 3, dtype=torch.float64, device=device),
+            cell_force=torch.zeros(R, 3, 3, dtype=torch.float64, device=device))
+
+    def _start_round(self, potential: Potential) -> _Round:
+        device, _ = potential_device_dtype(potential)
+        params = self._parameters(device)
+        if self.state is None:
+            self._initialise(device, params)
+        elif self.state.positions.device != device:
+            raise ValueError(f"BatchedSampler: the replicas live on {self.state.positions.device}, the "
+                             f"potential on {device}; keep the potential on one device")
+        request = pair_list_request(potential)
+        cutoff = max(request[0] if request else 0.0, self.config.min_distance_A)
+        verlet = None
+        if cutoff > 0:  # always rebuilt at the start of a round (exact restores depend on it)
+            verlet = verlet_list(self.state.positions, self.state.cells, cutoff, self._setting("skin_A"),
+                                 full=request[1] if request else False)
+        numbers = torch.as_tensor(self.template.numbers, dtype=torch.long, device=device)
+        ctx = _Round(potential, params, numbers, request, verlet, params.any_barostat)
+        # forces (and f_ε) of the current state under this round's potential, as AseSampler does
+        forces, stress = self._evaluate(ctx, self.state.positions, self.state.cells)
+        self.state.forces = forces
+        if ctx.need_stress:
+            volume = torch.linalg.det(self.state.cells).abs()
+            self.state.cell_force = cell_force(self.state.momenta, stress, volume, params)
+        return ctx
+
+    # ------------------------------------------------------------------ one step
+
+    def _evaluate(self, ctx: _Round, positions: torch.Tensor, cells: torch.Tensor, stale=None):
+        """Forces [R, N, 3] (and stress [R, 3, 3] if needed), float64. The Verlet list is
+        brought up to date first (``stale``: precomputed flags, else checked here)."""
+        potential = ctx.potential
+        if ctx.pairs_request is not None:
+            refresh_verlet_list(ctx.verlet, positions, cells, stale=stale)
+            potential = functools.partial(ctx.potential, pairs=ctx.verlet.pairs)
+        ev = evaluate(potential, positions, cells, ctx.numbers, forces=True, stress=ctx.need_stress)
+        return ev.forces.to(torch.float64), (None if ev.stress is None else ev.stress.to(torch.float64))
+
+    def _step(self, ctx: _Round, active: np.ndarray) -> tuple[LangevinState, np.ndarray]:
+        """One step of every replica (inactive ones keep their state); also returns the replicas
+        whose drifted state was not finite (evaluated at their old state, to be restored).
+
+        Host round trip: one transfer of 2R booleans (finite after the drift; Verlet list
+        stale), which decides which lists vesin rebuilds."""
+        old = self.state
+        new = baoab_drift(old, ctx.params, self.noise.next())
+        finite = torch.isfinite(new.positions).flatten(1).all(1) & torch.isfinite(new.cells).flatten(1).all(1)
+        stale = None
+        if ctx.pairs_request is not None:
+            stale = verlet_list_is_stale(ctx.verlet, new.positions, new.cells)
+            flags = torch.stack([finite, stale & finite]).cpu().numpy()
+        else:
+            flags = finite[None].cpu().numpy()
+        finite = flags[0]
+        keep = active & finite
+        mask = None
+        if not keep.all():  # inactive or broken replicas are evaluated where they were
+            mask = torch.as_tensor(keep, device=old.positions.device)
+            new.positions = torch.where(mask[:, None, None], new.positions, old.positions)
+            new.cells = torch.where(mask[:, None, None], new.cells, old.cells)
+            if stale is not None:
+                stale = verlet_list_is_stale(ctx.verlet, new.positions, new.cells)
+        elif stale is not None:
+            stale = torch.as_tensor(flags[1], device=old.positions.device)
+        forces, stress = self._evaluate(ctx, new.positions, new.cells, stale)
+        new = baoab_kick(new, ctx.params, forces, stress)
+        if mask is not None:
+            new = _merge(mask, new, old)
+        self.step += 1
+        return new, active & ~finite
+
+    # ------------------------------------------------------------------ a segment
+
+    def _run(self, ctx: _Round, n_steps: int, stride: int = 0, n_frames: int = 0, on_step=None) -> dict:
+        """Advance every replica by ``n_steps``, recording a frame every ``stride`` steps (up to
+        ``n_frames``), with per-replica blow-up checks and restarts (module docstring)."""
+        cfg = self.config
+        R, N = self.n_replicas, len(self.template)
+        device = self.state.positions.device
+        steps = np.zeros(R, dtype=np.int64)
+        count = np.zeros(R, dtype=np.int64)
+        frames = torch.empty(R, n_frames, N, 3, dtype=torch.float64, device=device)
+        frame_cells = torch.empty(R, n_frames, 3, 3, dtype=torch.float64, device=device)
+        frame_T = torch.empty(R, n_frames, dtype=torch.float64, device=device)
+        good, good_steps, good_count = self.state.clone(), steps.copy(), count.copy()
+        blow_count = np.zeros(R, dtype=np.int64)
+        discarded = 0
+        since_check = 0
+        while (steps < n_steps).any():
+            active = steps < n_steps
+            forced = np.zeros(R, dtype=bool)
+            error = None
+            try:
+                with np.errstate(all="ignore"):
+                    self.state, forced = self._step(ctx, active)
+            except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if error is None:
+                steps[active] += 1
+                if on_step is not None:
+                    on_step(self)
+                if stride and n_frames:
+                    due = np.flatnonzero(active & ~forced & (steps % stride == 0) & (count < n_frames))
+                    if len(due):
+                        rows = torch.as_tensor(due, device=device)
+                        slots = torch.as_tensor(count[due], device=device)
+                        frames[rows, slots] = self.state.positions[rows]
+                        frame_cells[rows, slots] = self.state.cells[rows]
+                        frame_T[rows, slots] = kinetic_temperature_K(self.state.momenta[rows], ctx.params.masses)
+                        count[due] += 1
+                since_check += 1
+                finished = active & (steps >= n_steps)
+                if not (since_check >= cfg.check_every or finished.any() or forced.any()):
+                    continue
+                if ctx.verlet is not None:
+                    refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells)
+                reasons = blow_up_reasons(self.state, self.reference_volume_A3, cfg.min_distance_A,
+                                          cfg.max_volume_ratio, ctx.verlet)
+            else:  # the potential failed for the whole batch: every replica that moved is suspect
+                reasons = [error if a else None for a in active]
+            since_check = 0
+            bad = np.array([r is not None for r in reasons])
+            for k in np.flatnonzero(bad):
+                p, r = self.replicas[k]
+                blow_count[k] += 1
+                message = f"{self.state_points[p].name}/replica {r}: step {int(steps[k])}: {reasons[k]}"
+                self.blow_ups.append(message)
+                if blow_count[k] > self._setting("max_blow_ups"):
+                    raise RuntimeError(f"MD blew up {blow_count[k]} times; last: {message}")
+                warnings.warn(f"MD blow-up ({message}); discarding {int(count[k] - good_count[k])} frame(s) "
+                              f"and restarting from step {int(good_steps[k])}", RuntimeWarning)
+                discarded += int(count[k] - good_count[k])
+                steps[k], count[k] = good_steps[k], good_count[k]
+            if bad.any():
+                self.state = _merge(torch.as_tensor(bad, device=device), good, self.state)
+                if ctx.verlet is not None:
+                    refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells,
+                                        rebuild=torch.as_tensor(bad, device=device))
+            good = self.state.clone()  # every replica is healthy now (checked or restored)
+            good_steps, good_count = steps.copy(), count.copy()
+        return {"frames": frames, "cells": frame_cells, "temperatures": frame_T, "count": count,
+                "discarded": discarded}
+
+    # ------------------------------------------------------------------ the interface
+
+    def sample(self, potential: Potential, on_step=None) -> list[RawSamples]:
+        """One round for every replica of every state point with ``potential`` driving the MD:
+        equilibration (``equilibration_steps`` in the first round, ``reequilibration_steps``
+        later), then ``snapshots_per_replica`` frames ``stride`` steps apart. ``on_step(sampler)``
+        is called after every step (tests inject faults with it). ``stats["wall_s"]`` is the
+        whole batch's time."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        ctx = self._start_round(potential)
+        equilibration = cfg.equilibration_steps if self.rounds == 0 else cfg.reequilibration_steps
+        warm = self._run(ctx, equilibration, on_step=on_step)
+        prod = self._run(ctx, cfg.snapshots_per_replica * cfg.stride, cfg.stride,
+                         cfg.snapshots_per_replica, on_step=on_step)
+        out_device, out_dtype = potential_device_dtype(potential)
+        wall = time.perf_counter() - t0
+        out = []
+        for p, point in enumerate(self.state_points):
+            rows = [k for k, (q, _) in enumerate(self.replicas) if q == p]
+            take = lambda t: torch.cat([t[k, : prod["count"][k]] for k in rows])
+            replica = torch.cat([torch.full((int(prod["count"][k]),), self.replicas[k][1], dtype=torch.long)
+                                 for k in rows])
+            out.append(RawSamples(
+                state_point=point,
+                positions=take(prod["frames"]).to(out_device, out_dtype),
+                cells=take(prod["cells"]).to(out_device, out_dtype),
+                replica=replica,
+                stats={"wall_s": wall, "discarded_frames": warm["discarded"] + prod["discarded"],
+                       "kinetic_temperature_K": float(take(prod["temperatures"]).mean())},
+            ))
+        self.rounds += 1
+        return out
+
+    def state_dict(self) -> dict:
+        if self._pending is not None:  # loaded but not run since: pass it on unchanged
+            return {**self._pending, "blow_ups": list(self.blow_ups)}
+        return {
+            "state": None if self.state is None else {
+                name: getattr(self.state, name).detach().cpu().clone() for name in LangevinState.FIELDS},
+            "noise": None if self.noise is None else self.noise.state_dict(),
+            "step": self.step,
+            "rounds": self.rounds,
+            "blow_ups": list(self.blow_ups),
+            "replicas": [(self.state_points[p].name, r) for p, r in self.replicas],
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = [(self.state_points[p].name, r) for p, r in self.replicas]
+        if [tuple(x) for x in state["replicas"]] != expected:
+            raise ValueError(f"BatchedSampler.load_state_dict: saved replicas {state['replicas']} "
+                             f"differ from this sampler's {expected}")
+        self._pending = {k: v for k, v in state.items() if k != "blow_ups"}
+        self.state, self.noise = None, None
+        self.step = int(state["step"])
+        self.rounds = int(state["rounds"])
+        self.blow_ups = list(state["blow_ups"])
+
+
+def _merge(take_first: torch.Tensor, first: LangevinState, second: LangevinState) -> LangevinState:
+    """Per replica: ``first``'s rows where ``take_first`` [R] is True, else ``second``'s."""
+    fields = {}
+    for name in LangevinState.FIELDS:
+        a, b = getattr(first, name), getattr(second, name)
+        fields[name] = torch.where(take_first.view(-1, *([1] * (a.ndim - 1))), a, b)
+    return LangevinState(**fields)
