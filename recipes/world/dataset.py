@@ -20,7 +20,7 @@ the layout is, in time order,
 
 or its mirror image, the orientation drawn from a generator seeded by (seed, job name). The
 test block touches only the validation block, so every test frame is at least
-``n_val + guard + 1`` strides (≥ 140 fs for 60-frame jobs) from every training frame; the
+``n_val + guard + 1`` strides (160 fs for 60-frame jobs) from every training frame; the
 guard frames separate validation from training (validation drives early stopping and the LR
 schedule). Stratifying per trajectory keeps every (temperature, spacing, variant) condition in
 every split. The alternative, holding out whole trajectories, was rejected: each condition is a
@@ -95,6 +95,13 @@ def block_layout(n_frames: int, job: str, config: SplitConfig) -> list[str]:
     return layout[::-1] if rng.random() < 0.5 else layout
 
 
+def _test_train_gap(layout: list[str]) -> int | None:
+    """Smallest distance in frames between a test and a training frame of one layout."""
+    test = [i for i, s in enumerate(layout) if s == "test"]
+    train = [i for i, s in enumerate(layout) if s == "train"]
+    return min((abs(i - j) for i in test for j in train), default=None)
+
+
 def _autocorrelations(frames: list[Atoms], max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised autocorrelation C(k), k = 0..max_lag (frames), of the energy per atom and of the
     atomic displacements u_t = mic(x_t − x_0) − ⟨·⟩_t (C(k) = ⟨u_t·u_{t+k}⟩ / ⟨u_t·u_t⟩)."""
@@ -155,7 +162,7 @@ def build(runs: str | Path, out: str | Path, config: SplitConfig = SplitConfig()
         raise FileNotFoundError(f"no finished training jobs ({TRAINING_PREFIX}*/done.json) under {runs}")
     split_frames: dict[str, list[Atoms]] = {s: [] for s in SPLITS}
     per_job, acf_energy, acf_disp = {}, [], []
-    guards = 0
+    guards, gaps = 0, []
     for job_dir in jobs:
         frames = read(job_dir / "frames.extxyz", index=":")
         job = str(frames[0].info.get("job", job_dir.name)) if frames else job_dir.name
@@ -167,6 +174,7 @@ def build(runs: str | Path, out: str | Path, config: SplitConfig = SplitConfig()
             else:
                 split_frames[split].append(atoms)
         per_job[job] = {s: layout.count(s) for s in (*SPLITS, "guard")}
+        gaps.append(_test_train_gap(layout))
         if len(frames) > MAX_LAG_FRAMES:
             e, d = _autocorrelations(frames, MAX_LAG_FRAMES)
             acf_energy.append(e)
@@ -189,7 +197,8 @@ def build(runs: str | Path, out: str | Path, config: SplitConfig = SplitConfig()
                             "or mirrored, orientation seeded by (seed, job name)",
                   "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
                   "guard_frames": config.guard_frames, "seed": config.seed,
-                  "frame_stride_fs": stride_fs},
+                  "frame_stride_fs": stride_fs,
+                  "min_test_train_gap_frames": min((g for g in gaps if g is not None), default=None)},
         "counts": {s: len(f) for s, f in split_frames.items()} | {"guard_dropped": guards},
         "per_split": {s: _summary(f) for s, f in split_frames.items()},
         "all": _summary([a for f in split_frames.values() for a in f]),
@@ -200,7 +209,7 @@ def build(runs: str | Path, out: str | Path, config: SplitConfig = SplitConfig()
             "lag_frames": list(range(MAX_LAG_FRAMES + 1)),
             "energy_per_atom": np.round(np.nanmean(acf_energy, axis=0), 3).tolist(),
             "displacement": np.round(np.nanmean(acf_disp, axis=0), 3).tolist(),
-            "note": "mean over jobs; a test frame is ≥ n_val + guard + 1 frames from training",
+            "note": "mean over jobs, C(k) at lag k frames; compare min_test_train_gap_frames",
         }
     atomic_write_json(out / "dataset.json", summary)
     return summary
