@@ -128,7 +128,10 @@ class ExperimentalData:
 
         From the header: ``weighting`` from ``mode`` ("xray" → "xray", "neutron" → "neutron"),
         and for G the instrument's ``q_min``, ``q_max`` (Å⁻¹; the registry then computes G through
-        that Q window). Keyword ``options`` are added last and override these.
+        that Q window). Files written by :func:`write_gr` also say how they were processed, and
+        those keys become options too: ``lorch`` (G), ``lorch_r`` (S, F), ``rmax_transform``
+        (→ ``r_max_A``) and ``weighting`` (e.g. "xray_q"). Keyword ``options`` are added last
+        and override all of these.
         """
         derived: dict[str, Any] = {}
         if self.function == "G":
@@ -136,10 +139,25 @@ class ExperimentalData:
                             if self.metadata.get(k) is not None})
         if self.metadata.get("mode") in _WEIGHTING_OF_MODE:
             derived["weighting"] = _WEIGHTING_OF_MODE[self.metadata["mode"]]
+        derived.update(self._processing_options())
         derived.update(options)
         return Target(name=name, observable=self.function, values=self.values.copy(),
                       x=self.x.copy(), sigma=None if self.sigma is None else self.sigma.copy(),
                       weight=weight, state_point=state_point, options=derived)
+
+
+    def _processing_options(self) -> dict[str, Any]:
+        header = self.metadata.get("header", {})
+        out: dict[str, Any] = {}
+        flags = {"G": "lorch", "S": "lorch_r", "F": "lorch_r"}
+        flag = flags.get(self.function)
+        if flag is not None and flag in header:
+            out[flag] = header[flag].strip().lower() in ("1", "true", "yes", "on")
+        if "rmax_transform" in header:
+            out["r_max_A"] = _quantity(header["rmax_transform"])
+        if "weighting" in header:
+            out["weighting"] = header["weighting"].strip()
+        return out
 
 
 # ----------------------------------------------------------------------------- header values

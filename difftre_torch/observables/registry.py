@@ -13,9 +13,11 @@ Functions of r or Q are computed on an internal uniform grid and interpolated li
 the target's grid (linear, so it commutes with reweighting). Options common to the
 scattering observables (``target.options``):
 
-* ``weighting``: "neutron" (default), "xray" or "number" (Faber–Ziman total); or
+* ``weighting``: "neutron" (default), "xray", "xray_q" (S/F: Q-dependent form factors; Z in
+  r space) or "number" (Faber–Ziman total); or
   ``pair: [Z_a, Z_b]`` for one partial (diagnostics: experiments do not measure partials).
-* ``bin_width_A`` (default: the target's grid step), ``r_max_A`` (internal grid end),
+* ``bin_width_A`` (default: the target's grid step for g and G, 0.02 Å for S and F),
+  ``r_max_A`` (internal grid end),
   ``smoothing_A`` (Gaussian smoothing of the histogram).
 * G(r): ``q_min``, ``q_max``, ``lorch`` — the instrument's Q range and Lorch window; without
   ``q_max`` G is the ideal 4πρr(g − 1).
@@ -62,6 +64,7 @@ class ObservableSpec:
 
 
 OBSERVABLES: dict[str, ObservableSpec] = {}
+DEFAULT_BIN_WIDTH_A = 0.02  # r bins of the internal g(r) for Q-space targets (S, F)
 
 
 def register(name: str, depends_on_theta: bool = False):
@@ -105,7 +108,8 @@ def _require_grid(target: Target) -> torch.Tensor:
 def _g_on_grid(positions, cells, numbers, target: Target, r_max_A: float):
     """(r [n_r], g [b, n_r]) on the internal uniform grid up to ``r_max_A``."""
     x = target.x
-    step = float(target.options.get("bin_width_A", float(x[1] - x[0]) if x is not None else 0.02))
+    real_space_grid = x is not None and target.observable in ("rdf", "G")
+    step = float(target.options.get("bin_width_A", float(x[1] - x[0]) if real_space_grid else DEFAULT_BIN_WIDTH_A))
     n_bins = max(2, int(round(r_max_A / step)))
     r, partials = partial_rdfs(positions, cells, numbers, n_bins * step, n_bins,
                                smoothing_A=target.options.get("smoothing_A"))
@@ -115,7 +119,9 @@ def _g_on_grid(positions, cells, numbers, target: Target, r_max_A: float):
         if key not in partials:
             raise ValueError(f"Target {target.name!r}: no species pair {key}; have {sorted(partials)}")
         return r, partials[key], partials
-    g = total_rdf(partials, numbers, target.options.get("weighting", "neutron"))
+    weighting = target.options.get("weighting", "neutron")
+    # "xray_q" (Q-dependent form factors) only exists in Q space; in r space it is Z weighting
+    g = total_rdf(partials, numbers, "xray" if weighting == "xray_q" else weighting)
     return r, g, partials
 
 
