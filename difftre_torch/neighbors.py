@@ -69,6 +69,22 @@ def neighbor_pairs(
     )
 
 
+def det3(matrices: torch.Tensor) -> torch.Tensor:
+    """Determinants of [..., 3, 3] matrices as a₀·(a₁ × a₂) of the rows, [...]. Element-wise
+    arithmetic only: unlike ``torch.linalg.det`` on a batch (LAPACK, threaded), it costs
+    microseconds even when the CPU cores are oversubscribed."""
+    return (matrices[..., 0, :] * torch.linalg.cross(matrices[..., 1, :], matrices[..., 2, :])).sum(-1)
+
+
+def inv3(matrices: torch.Tensor) -> torch.Tensor:
+    """Inverses of [..., 3, 3] matrices from the adjugate (columns a₁×a₂, a₂×a₀, a₀×a₁ over the
+    determinant); element-wise arithmetic, like :func:`det3`."""
+    a0, a1, a2 = matrices[..., 0, :], matrices[..., 1, :], matrices[..., 2, :]
+    adjugate = torch.stack([torch.linalg.cross(a1, a2), torch.linalg.cross(a2, a0),
+                            torch.linalg.cross(a0, a1)], dim=-1)
+    return adjugate / det3(matrices)[..., None, None]
+
+
 def pair_vectors(positions: torch.Tensor, cell: torch.Tensor, pairs: Pairs) -> torch.Tensor:
     """r_ij = x_j − x_i + S·cell for every pair, [P, 3] Å, differentiable in positions and cell."""
     offsets = torch.einsum("pk,pkl->pl", pairs.shifts, cell[pairs.batch])
@@ -160,7 +176,7 @@ def verlet_displacement(vl: VerletList, positions: torch.Tensor, cell: torch.Ten
     A non-finite snapshot gives NaN (compare with ``>=`` so that it is not rebuilt from NaN).
     """
     x0, h0 = vl.reference_positions, vl.reference_cells
-    strain = torch.linalg.solve(h0, cell.detach() - h0)  # M − 1
+    strain = torch.bmm(inv3(h0), cell.detach() - h0)  # M − 1
     u = positions.detach() - x0 - torch.bmm(x0, strain)
     return 2.0 * u.norm(dim=-1).amax(dim=-1) + (vl.cutoff_A + vl.skin_A) * strain.flatten(1).norm(dim=-1)
 

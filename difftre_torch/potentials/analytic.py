@@ -58,13 +58,18 @@ class LennardJones(nn.Module):
             r = pair_vectors(positions, cell, pairs).norm(dim=-1)
             return energy.index_add(0, pairs.batch, self.pair_energy(r))
         r = pair_vectors(positions, cell, pairs).norm(dim=-1)
-        inside = r < self.cutoff_A
-        # pairs beyond the cut-off: evaluated at r_c (finite, zero) so no NaN/inf enters the graph
-        pair = self.pair_energy(torch.where(inside, r, torch.full_like(r, self.cutoff_A)))
-        pair = torch.where(inside, pair, torch.zeros_like(pair))
+        inside = r.detach() < self.cutoff_A
+        batch = pairs.batch
+        if r.device.type == "cpu":  # drop the skin's pairs (on a GPU a mask avoids the host sync)
+            keep = inside.nonzero().squeeze(1)
+            r, batch = r[keep], batch[keep]
+            pair = self.pair_energy(r)
+        else:  # pairs beyond r_c are evaluated at r_c (finite) and zeroed, so no NaN enters the graph
+            pair = self.pair_energy(torch.where(inside, r, torch.full_like(r, self.cutoff_A)))
+            pair = torch.where(inside, pair, torch.zeros_like(pair))
         if pairs.full:
             pair = 0.5 * pair
-        return energy.index_add(0, pairs.batch, pair)
+        return energy.index_add(0, batch, pair)
 
 
 class HarmonicOscillators(nn.Module):

@@ -10,7 +10,12 @@ replica. Physics (units ASE's: Å, eV, fs at the interface, K, GPa; cells as row
 * the step is :mod:`difftre_torch.sampling.integrators`: BAOAB Langevin for the atoms (same
   γ, T and Δt meaning as ASE's ``Langevin``), Langevin–Hoover for the cell of NPT replicas (the
   equations and barostat-mass heuristic of ASE's ``LangevinBAOAB``: full cell, or
-  ``hydrostatic``), centre of mass fixed (3N − 3 degrees of freedom);
+  ``hydrostatic``), centre of mass fixed (3N − 3 degrees of freedom). Given the same random
+  numbers it reproduces ``LangevinBAOAB`` (with FixCom) step for step in NVT and hydrostatic
+  NPT. Full cell: ASE 3.29 adds tr(p_ε)/N_dof to every element of the velocity drag
+  (``p_eps + trace/Ndof`` broadcasts a scalar over the 3×3 matrix), where Quigley–Probert put it on
+  the diagonal; this step uses the diagonal, and equals ASE's once ASE's term is corrected
+  (tests/test_batched.py). The two differ by O(tr p_ε/(N_dof W)) in the off-diagonal drag;
 * neighbours: a Verlet list (cut-off + ``skin_A``, vesin) is passed to potentials whose forward
   takes ``pairs=`` (``LennardJones``, ``NequIPPotential``); a replica's list is rebuilt only
   when the bound of :func:`~difftre_torch.neighbors.verlet_displacement` reaches the skin (for
@@ -63,19 +68,22 @@ from ase import Atoms, units
 
 from difftre_torch.neighbors import (
     VerletList,
+    det3,
     pair_vectors,
     refresh_verlet_list,
     verlet_list,
     verlet_list_is_stale,
 )
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
-from difftre_torch.potentials.base import Potential, evaluate
+from difftre_torch.potentials.base import Potential
 from difftre_torch.sampling.integrators import (
     LangevinParameters,
     LangevinState,
     baoab_drift,
     baoab_kick,
+    barostat_mass,
     cell_force,
+    forces_and_stress,
     kinetic_temperature_K,
     maxwell_boltzmann_momenta,
 )
@@ -104,12 +112,6 @@ class BatchedSamplerConfig(SamplerConfig):
 def replica_seed(seed: int, point: int, replica: int) -> int:
     """The seed of one replica's generator: from NumPy's SeedSequence([seed, point, replica])."""
     return int(np.random.SeedSequence([seed, point, replica]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def barostat_mass(barostat_tau_fs: float, n_atoms: int) -> float:
-    """ASE LangevinBAOAB's heuristic cell mass W = ((P_tau/4)/C · N^(1/6))², C = 1.66 fs (a cell
-    fluctuation period of about P_tau/4)."""
-    return float(((barostat_tau_fs / 4.0) / 1.66 * n_atoms ** (1.0 / 6.0)) ** 2)
 
 
 class ReplicaNoise:
@@ -184,7 +186,7 @@ def blow_up_reasons(
     x, p, h = state.positions, state.momenta, state.cells
     finite = (torch.isfinite(x).flatten(1).all(1) & torch.isfinite(p).flatten(1).all(1)
               & torch.isfinite(h).flatten(1).all(1))
-    volume = torch.linalg.det(torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device)))
+    volume = det3(torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device)))
     ratio = volume.abs() / reference_volume_A3
     closest = torch.full_like(ratio, float("inf"))
     if verlet is not None and min_distance_A > 0 and len(verlet.pairs):
@@ -286,7 +288,7 @@ class BatchedSampler:
             pressure=tensor([(s.pressure_GPa or 0.0) * units.GPa for s in points]),
             barostat=tensor([s.pressure_GPa is not None for s in points], torch.bool),
             barostat_mass=tensor([barostat_mass(cfg.barostat_tau_fs, n)] * self.n_replicas),
-            cell_friction=units.fs / cfg.barostat_tau_fs,
+            cell_friction=1.0 / (cfg.barostat_tau_fs * units.fs),
             hydrostatic=bool(cfg.hydrostatic),
         )
 
@@ -331,7 +333,7 @@ class BatchedSampler:
         forces, stress = self._evaluate(ctx, self.state.positions, self.state.cells)
         self.state.forces = forces
         if ctx.need_stress:
-            volume = torch.linalg.det(self.state.cells).abs()
+            volume = det3(self.state.cells).abs()
             self.state.cell_force = cell_force(self.state.momenta, stress, volume, params)
         return ctx
 
@@ -344,8 +346,7 @@ class BatchedSampler:
         if ctx.pairs_request is not None:
             refresh_verlet_list(ctx.verlet, positions, cells, stale=stale)
             potential = functools.partial(ctx.potential, pairs=ctx.verlet.pairs)
-        ev = evaluate(potential, positions, cells, ctx.numbers, forces=True, stress=ctx.need_stress)
-        return ev.forces.to(torch.float64), (None if ev.stress is None else ev.stress.to(torch.float64))
+        return forces_and_stress(potential, positions, cells, ctx.numbers, ctx.need_stress)
 
     def _step(self, ctx: _Round, active: np.ndarray) -> tuple[LangevinState, np.ndarray]:
         """One step of every replica (inactive ones keep their state); also returns the replicas
@@ -458,8 +459,9 @@ class BatchedSampler:
         """One round for every replica of every state point with ``potential`` driving the MD:
         equilibration (``equilibration_steps`` in the first round, ``reequilibration_steps``
         later), then ``snapshots_per_replica`` frames ``stride`` steps apart. ``on_step(sampler)``
-        is called after every step (tests inject faults with it). ``stats["wall_s"]`` is the
-        whole batch's time."""
+        is called after every step (tests inject faults with it). ``stats["wall_s"]`` and
+        ``stats["neighbour_list_rebuilds"]`` (Verlet lists searched again after the round's
+        first build) are the whole batch's."""
         cfg = self.config
         t0 = time.perf_counter()
         ctx = self._start_round(potential)
@@ -469,6 +471,7 @@ class BatchedSampler:
                          cfg.snapshots_per_replica, on_step=on_step)
         out_device, out_dtype = potential_device_dtype(potential)
         wall = time.perf_counter() - t0
+        rebuilds = 0 if ctx.verlet is None else int(ctx.verlet.builds.sum()) - self.n_replicas
         out = []
         for p, point in enumerate(self.state_points):
             rows = [k for k, (q, _) in enumerate(self.replicas) if q == p]
@@ -481,7 +484,8 @@ class BatchedSampler:
                 cells=take(prod["cells"]).to(out_device, out_dtype),
                 replica=replica,
                 stats={"wall_s": wall, "discarded_frames": warm["discarded"] + prod["discarded"],
-                       "kinetic_temperature_K": float(take(prod["temperatures"]).mean())},
+                       "kinetic_temperature_K": float(take(prod["temperatures"]).mean()),
+                       "neighbour_list_rebuilds": rebuilds},
             ))
         self.rounds += 1
         return out

@@ -1,4 +1,5 @@
-"""Batched Langevin integrator steps for R replicas of one system: pure functions on tensors.
+"""Batched Langevin integrator steps for R replicas of one system: pure functions on tensors
+(plus the force pass they need, :func:`forces_and_stress`, and ASE's barostat-mass heuristic).
 
 Units are ASE's: Å, eV, amu, time in ASE units (1 fs = ``ase.units.fs``), so momenta are in
 amu·Å/t_ASE and p²/m is in eV. Cells are rows (ASE and nequip convention; torch-sim stores
@@ -27,6 +28,9 @@ scalar s is driven by tr f_ε and by one Gaussian number, exactly ASE's hydrosta
 (V ← V e^{3Δt s/(2W)}). NVT replicas (``barostat`` False) have p_ε = 0 throughout and their
 step is plain BAOAB, which samples the same canonical ensemble as ASE's ``Langevin`` (the
 Vanden-Eijnden–Ciccotti discretisation of the same SDE, dp = F dt − γp dt + √(2γmkT) dW).
+The drag G carries tr(p_ε)/n_dof on its diagonal only, as in Quigley–Probert; ASE 3.29's
+``LangevinBAOAB`` adds it to all nine elements (a NumPy broadcast), so full-cell runs differ
+from ASE's there and only there (see :mod:`difftre_torch.sampling.batched`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from difftre_torch.neighbors import det3
+from difftre_torch.potentials.base import Potential
 
 
 @dataclass
@@ -68,6 +75,7 @@ class LangevinParameters:
     kT: [R] eV. masses: [N] amu. pressure: [R] eV/Å³ (external hydrostatic pressure).
     barostat: [R] bool, replica's cell is dynamic (NPT). barostat_mass: [R] W in eV·t_ASE².
     cell_friction: γ_c = 1/P_tau in 1/t_ASE. hydrostatic: cell shape fixed (volume only).
+    Derived on creation: n_dof = 3N − 3; any_barostat (a Python bool).
     """
 
     timestep: float
@@ -80,14 +88,45 @@ class LangevinParameters:
     cell_friction: float
     hydrostatic: bool
 
-    @property
-    def n_dof(self) -> int:
-        """3N − 3: the centre of mass is fixed."""
-        return 3 * int(self.masses.shape[0]) - 3
+    def __post_init__(self) -> None:
+        self.n_dof = 3 * int(self.masses.shape[0]) - 3  # the centre of mass is fixed
+        self.any_barostat = bool(self.barostat.any())  # host-side, decided once
 
-    @property
-    def any_barostat(self) -> bool:
-        return bool(self.barostat.any())
+
+def barostat_mass(barostat_tau_fs: float, n_atoms: int) -> float:
+    """ASE LangevinBAOAB's heuristic cell mass W = ((P_tau/4)/C · N^(1/6))², C = 1.66 fs (a cell
+    fluctuation period of about P_tau/4)."""
+    return float(((barostat_tau_fs / 4.0) / 1.66 * n_atoms ** (1.0 / 6.0)) ** 2)
+
+
+def forces_and_stress(
+    potential: Potential,
+    positions: torch.Tensor,
+    cells: torch.Tensor,
+    numbers: torch.Tensor,
+    stress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """F = −∂U/∂x [R, N, 3] eV/Å and, if asked, σ = (1/V) ∂U/∂ε [R, 3, 3] eV/Å³ (ASE sign), both
+    float64 and detached: :func:`~difftre_torch.potentials.base.evaluate`'s definitions (strain
+    x → x(1 + ε), h → h(1 + ε), rows) in one energy + backward pass, with the volume from
+    :func:`~difftre_torch.neighbors.det3` (``torch.linalg.det`` on a batch stalls on busy CPUs)."""
+    x = positions.detach().requires_grad_(True)
+    h = cells.detach()
+    with torch.enable_grad():
+        if stress:
+            strain = torch.zeros_like(h, requires_grad=True)
+            deform = torch.eye(3, dtype=h.dtype, device=h.device) + strain
+            energy = potential(torch.bmm(x, deform), torch.bmm(h, deform), numbers)
+            grad_x, grad_strain = torch.autograd.grad(energy.sum(), [x, strain])
+        else:
+            energy = potential(x, h, numbers)
+            (grad_x,) = torch.autograd.grad(energy.sum(), [x])
+    if energy.shape != (positions.shape[0],):
+        raise ValueError(f"potential returned energy of shape {tuple(energy.shape)}, expected [{positions.shape[0]}]")
+    forces = -grad_x.detach().to(torch.float64)
+    if not stress:
+        return forces, None
+    return forces, (grad_strain.detach() / det3(h).abs()[:, None, None]).to(torch.float64)
 
 
 def remove_com_momentum(momenta: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
@@ -138,9 +177,25 @@ def cell_force(
     return torch.where(params.barostat[:, None, None], force, torch.zeros_like(force))
 
 
+def expm3(matrices: torch.Tensor, squarings: int = 6, order: int = 10) -> torch.Tensor:
+    """exp(A) of [R, 3, 3] matrices by scaling and squaring: the Taylor series of A/2^s to
+    ``order``, squared s times. Batched matrix products only (``torch.linalg.matrix_exp`` goes
+    through threaded LAPACK-style kernels that stall on oversubscribed CPU cores). Relative error
+    below 1e-14 for ‖A‖ ≤ 2^s/2 = 32; the step's arguments are ~1e-3."""
+    scaled = matrices / float(2 ** squarings)
+    eye = torch.eye(3, dtype=matrices.dtype, device=matrices.device).expand_as(matrices)
+    result, term = eye.clone(), eye
+    for k in range(1, order + 1):
+        term = torch.bmm(term, scaled) / k
+        result = result + term
+    for _ in range(squarings):
+        result = torch.bmm(result, result)
+    return result
+
+
 def _scale_cell(state: LangevinState, params: LangevinParameters, half_dt: float) -> None:
     """h ← h E, x ← x E with E = exp(½Δt p_ε/W)ᵀ (fractional coordinates kept)."""
-    E = torch.linalg.matrix_exp(half_dt * state.cell_momenta / params.barostat_mass[:, None, None])
+    E = expm3(half_dt * state.cell_momenta / params.barostat_mass[:, None, None])
     E = E.transpose(1, 2)
     state.cells = torch.bmm(state.cells, E)
     state.positions = torch.bmm(state.positions, E)
@@ -172,7 +227,7 @@ def baoab_drift(state: LangevinState, params: LangevinParameters, noise: torch.T
         eye = torch.eye(3, dtype=new.cells.dtype, device=new.cells.device)
         trace = new.cell_momenta.diagonal(dim1=1, dim2=2).sum(-1)
         drag = (new.cell_momenta + (trace / params.n_dof)[:, None, None] * eye) / params.barostat_mass[:, None, None]
-        decay = torch.linalg.matrix_exp(-(params.friction * eye + drag) * dt).transpose(1, 2)
+        decay = expm3(-(params.friction * eye + drag) * dt).transpose(1, 2)
         new.momenta = torch.bmm(new.momenta, decay)
     else:
         new.momenta = c1 * new.momenta
@@ -207,7 +262,7 @@ def baoab_kick(
     if params.any_barostat:
         if stress is None:
             raise ValueError("baoab_kick: replicas under pressure need the stress")
-        volume = torch.linalg.det(state.cells).abs()
+        volume = det3(state.cells).abs()
         state.cell_force = cell_force(state.momenta, stress, volume, params)
     state.momenta = remove_com_momentum(state.momenta + 0.5 * dt * forces, params.masses)
     if params.any_barostat:
