@@ -40,7 +40,6 @@ import argparse
 import datetime
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -87,64 +86,6 @@ def nequip_systems() -> list[System]:
             for n in (3, 5)]
 
 
-NEQUIP_CONFIG = """\
-run: [train]
-seed: 11
-cutoff_radius: 4.0
-model_type_names: [Cu]
-data:
-  _target_: nequip.data.datamodule.ASEDataModule
-  seed: ${{seed}}
-  train_file_path: {data}
-  val_file_path: {data}
-  transforms:
-    - _target_: nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper
-      model_type_names: ${{model_type_names}}
-      chemical_species_to_atom_type_map: ${{list_to_identity_dict:${{model_type_names}}}}
-    - _target_: nequip.data.transforms.NeighborListTransform
-      r_max: ${{cutoff_radius}}
-  train_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 4}}
-  val_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 8}}
-  stats_manager:
-    _target_: nequip.data.CommonDataStatisticsManager
-    type_names: ${{model_type_names}}
-trainer:
-  _target_: lightning.Trainer
-  max_epochs: 3
-  accelerator: cpu
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger: false
-  callbacks:
-    - {{_target_: lightning.pytorch.callbacks.ModelCheckpoint, dirpath: {out}, save_last: true}}
-training_module:
-  _target_: nequip.train.EMALightningModule
-  ema_decay: 0.9
-  loss:
-    _target_: nequip.train.EnergyForceLoss
-    per_atom_energy: true
-    coeffs: {{total_energy: 1.0, forces: 1.0}}
-  val_metrics:
-    _target_: nequip.train.EnergyForceMetrics
-    coeffs: {{total_energy_mae: 1.0, forces_mae: 1.0}}
-  optimizer: {{_target_: torch.optim.Adam, lr: 0.01}}
-  model:
-    _target_: nequip.model.NequIPGNNModel
-    seed: ${{seed}}
-    model_dtype: float32
-    type_names: ${{model_type_names}}
-    r_max: ${{cutoff_radius}}
-    l_max: 1
-    parity: false
-    num_layers: 2
-    num_features: 16
-    radial_mlp_depth: 1
-    radial_mlp_width: 16
-    num_bessels: 8
-    avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
-    per_type_energy_shifts: ${{training_data_stats:per_atom_energy_mean}}
-    per_type_energy_scales: ${{training_data_stats:forces_rms}}
-"""
 NEQUIP_DESCRIPTION = ("NequIP (nequip-train, 3 epochs on 16 EMT-labelled rattled 32-atom fcc Cu cells; float32, "
                       "l_max 1, 16 features, 2 layers, r_max 4 Å)")
 
@@ -169,22 +110,13 @@ def training_frames(n_frames: int = 16, seed: int = 11) -> list:
 
 
 def train_nequip(workdir: Path) -> Path:
-    """nequip-train :data:`NEQUIP_CONFIG` on :func:`training_frames` in ``workdir``; returns
-    ``last.ckpt`` (RuntimeError on failure)."""
-    from ase.io import write
+    """nequip-train (:func:`difftre_torch.testing.train_tiny_nequip`: 3 epochs, 16 features) on
+    :func:`training_frames` in ``workdir``; returns ``last.ckpt`` (RuntimeError on failure)."""
+    from difftre_torch.testing import train_tiny_nequip
 
-    from difftre_torch.testing import nequip_cli
-
-    data, out = workdir / "data.xyz", workdir / "run"
-    write(data, training_frames())
-    (workdir / "small.yaml").write_text(NEQUIP_CONFIG.format(data=data, out=out))
-    result = subprocess.run([nequip_cli("nequip-train"), "-cp", str(workdir), "-cn", "small",
-                             f"hydra.run.dir={out}"], cwd=workdir, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    ckpt = out / "last.ckpt"
-    if result.returncode != 0 or not ckpt.exists():
-        raise RuntimeError(f"nequip-train failed (rc {result.returncode}):\n{result.stderr[-2000:]}")
-    return ckpt
+    return train_tiny_nequip(workdir, training_frames(), type_names=("Cu",), seed=11, max_epochs=3,
+                             num_features=16, radial_mlp_width=16, num_bessels=8, train_batch=4,
+                             val_batch=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,9 +55,9 @@ def tiny_cn_frames(n_frames: int = 6, seed: int = 0):
 
 _TINY_NEQUIP_CONFIG = """\
 run: [train]
-seed: 3
+seed: {seed}
 cutoff_radius: 4.0
-model_type_names: [C, N]
+model_type_names: [{type_names}]
 data:
   _target_: nequip.data.datamodule.ASEDataModule
   seed: ${{seed}}
@@ -69,14 +69,14 @@ data:
       chemical_species_to_atom_type_map: ${{list_to_identity_dict:${{model_type_names}}}}
     - _target_: nequip.data.transforms.NeighborListTransform
       r_max: ${{cutoff_radius}}
-  train_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 3}}
-  val_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 6}}
+  train_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: {train_batch}}}
+  val_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: {val_batch}}}
   stats_manager:
     _target_: nequip.data.CommonDataStatisticsManager
     type_names: ${{model_type_names}}
 trainer:
   _target_: lightning.Trainer
-  max_epochs: 1
+  max_epochs: {max_epochs}
   accelerator: cpu
   enable_progress_bar: false
   enable_model_summary: false
@@ -103,20 +103,24 @@ training_module:
     l_max: 1
     parity: false
     num_layers: 2
-    num_features: 4
+    num_features: {num_features}
     radial_mlp_depth: 1
-    radial_mlp_width: 8
-    num_bessels: 4
+    radial_mlp_width: {radial_mlp_width}
+    num_bessels: {num_bessels}
     avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
     per_type_energy_shifts: ${{training_data_stats:per_atom_energy_mean}}
     per_type_energy_scales: ${{training_data_stats:forces_rms}}
 """
 
 
-def train_tiny_nequip(root: str | Path, frames=None) -> Path:
-    """``nequip-train`` one epoch on ``frames`` (default :func:`tiny_cn_frames`) in ``root``;
-    returns ``root/run/last.ckpt``. The training data (``root/data.xyz``, absolute path in the
-    config) stays next to it, so ``nequip-package build`` works. RuntimeError on failure."""
+def train_tiny_nequip(root: str | Path, frames=None, *, type_names: tuple[str, ...] = ("C", "N"),
+                      seed: int = 3, max_epochs: int = 1, num_features: int = 4,
+                      radial_mlp_width: int = 8, num_bessels: int = 4, train_batch: int = 3,
+                      val_batch: int = 6) -> Path:
+    """``nequip-train`` (EMA, float32, l_max 1, 2 layers, r_max 4 Å; sizes as given) on ``frames``
+    (default :func:`tiny_cn_frames`) in ``root``; returns ``root/run/last.ckpt``. The training
+    data (``root/data.xyz``, absolute path in the config) stays next to it, so
+    ``nequip-package build`` works. RuntimeError on failure."""
     from ase.io import write
 
     root = Path(root)
@@ -124,7 +128,10 @@ def train_tiny_nequip(root: str | Path, frames=None) -> Path:
     data = root / "data.xyz"
     write(data, tiny_cn_frames() if frames is None else frames)
     out = root / "run"
-    (root / "tiny.yaml").write_text(textwrap.dedent(_TINY_NEQUIP_CONFIG).format(data=data, out=out))
+    (root / "tiny.yaml").write_text(textwrap.dedent(_TINY_NEQUIP_CONFIG).format(
+        data=data, out=out, seed=seed, type_names=", ".join(type_names), max_epochs=max_epochs,
+        num_features=num_features, radial_mlp_width=radial_mlp_width, num_bessels=num_bessels,
+        train_batch=train_batch, val_batch=val_batch))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run(
         [nequip_cli("nequip-train"), "-cp", str(root), "-cn", "tiny", f"hydra.run.dir={out}"],

@@ -265,7 +265,8 @@ def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic):
     replicas each: ⟨V⟩ and ⟨(V − ⟨V⟩)²⟩ of the batched sampler and of AseSampler (LangevinBAOAB)
     within 4 combined standard errors, and the RDF bin by bin |z| < 4.5 with mean z² ≤ 3 (the
     bins of a crystal's RDF move together with the volume, so mean z² scatters more than a
-    χ²/ν of independent bins). ~1 min hydrostatic, ~5 min full cell (ASE's scipy expm per step)."""
+    χ²/ν of independent bins). ~1 min hydrostatic, ~11 min full cell (ASE calls scipy expm three
+    times a step), measured on a shared 2-core machine."""
     atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat(2)
     settings = dict(timestep_fs=5.0, friction_per_fs=0.02, barostat_tau_fs=300.0, hydrostatic=hydrostatic,
                     equilibration_steps=300, snapshots_per_replica=1200, stride=5, min_distance_A=1.5)
