@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from benchmarks.update import busy_cores, machine_description, usable_cores
+from benchmarks.update import versions as update_versions
 
 SECTION = "## sampling"
 TITLE = "# difftre_torch benchmarks"
@@ -269,15 +270,7 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
 
 
 def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [f"torch {torch.__version__}"]
-    for name in ("nequip", "e3nn", "vesin-torch", "ase", "numpy"):
-        try:
-            parts.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            parts.append(f"{name} not installed")
-    return ", ".join(parts)
+    return update_versions(("nequip", "e3nn", "vesin-torch", "ase", "numpy"))
 
 
 def table(rows: list[dict]) -> str:

@@ -512,11 +512,12 @@ def machine_description(device: torch.device, threads: int) -> str:
     return text
 
 
-def versions() -> str:
+def versions(packages: tuple[str, ...] = ("nequip", "e3nn", "vesin-torch")) -> str:
+    """"torch X, nequip Y, …" for the benchmark header (missing packages say so)."""
     from importlib.metadata import PackageNotFoundError, version
 
     parts = [f"torch {torch.__version__}"]
-    for name in ("nequip", "e3nn", "vesin-torch"):
+    for name in packages:
         try:
             parts.append(f"{name} {version(name)}")
         except PackageNotFoundError:
