@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shlex
 import sys
 import tempfile
@@ -53,6 +52,7 @@ import torch
 
 from benchmarks.update import busy_cores, machine_description, usable_cores
 from benchmarks.update import versions as update_versions
+from benchmarks.update import write_section as update_write_section
 
 SECTION = "## sampling"
 TITLE = "# difftre_torch benchmarks"
@@ -347,24 +347,8 @@ def section(blocks: list[tuple[str, list[dict]]], args, device: torch.device, no
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace the ``## sampling`` section of ``path`` (up to the next ``## `` heading), or append
-    it; the other sections stay as they are. Creates the file with a title line if missing."""
-    from difftre_torch.checkpoint import atomic_write_text
-
-    lines = path.read_text().splitlines() if path.exists() else [TITLE]
-    start = next((k for k, line in enumerate(lines) if line.strip() == SECTION), None)
-    new = text.rstrip("\n").splitlines()
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += [""] + new
-    else:
-        end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
-        lines = lines[:start] + new + ([""] if end < len(lines) else []) + lines[end:]
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    os.chmod(path, mode)  # the atomic write goes through a private (0600) temporary file
+    """Replace (or append) the ``## sampling`` section of ``path``; other sections stay."""
+    update_write_section(path, text, SECTION)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -605,13 +605,13 @@ def section(rows: list[dict], args, model_text: str, device: torch.device, notes
             "part of the forward passes):\n\n" + phase_table(rows) + "\n\n" + verdict(rows) + "\n")
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the ``## update`` section of ``path`` (up to the next ``## `` heading), or append
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace the ``section`` (e.g. ``## update``) of ``path`` (up to the next ``## `` heading), or append
     it; other sections stay as they are. Creates the file with a title line if missing."""
     from difftre_torch.checkpoint import atomic_write_text
 
     lines = path.read_text().splitlines() if path.exists() else [TITLE]
-    start = next((k for k, line in enumerate(lines) if line.strip() == SECTION), None)
+    start = next((k for k, line in enumerate(lines) if line.strip() == section), None)
     new = text.rstrip("\n").splitlines()
     if start is None:
         while lines and not lines[-1].strip():
