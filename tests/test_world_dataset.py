@@ -172,7 +172,8 @@ def test_train_base_quick(tiny_runs, tmp_path):
     sets = [metrics["test"], metrics["heldout"]["cell112"]["vs_teacher"],
             metrics["heldout"]["cell112"]["vs_reality"]]
     for errors in sets:
-        assert all(math.isfinite(errors[f]) and errors[f] >= 0 for f in fields)
+        assert all(math.isfinite(errors[f]["value"]) and errors[f]["value"] >= 0 for f in fields)
+        assert errors["forces_rmse_meV_per_A"]["ci"][0] <= errors["forces_rmse_meV_per_A"]["value"]
     assert metrics["test"]["frames"] == json.loads((tmp_path / "ds" / "dataset.json").read_text())["counts"]["test"]
     md = metrics["md_speed"]
     assert md["threads"] == 1 and md["atoms"] == 8 and 0 < md["ms_per_step_median"] < 1e4

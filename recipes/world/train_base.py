@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,6 @@ import numpy as np
 from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
 
 CONFIG = Path(__file__).with_name("base_model.yaml")
-EV_PER_A3_TO_GPA = 160.21766208
 QUICK_OVERRIDES = (
     "training_module.model.num_features=4",
     "training_module.model.num_layers=2",
@@ -197,77 +195,12 @@ def training_curve(run_dir: Path) -> list[dict]:
 # evaluation
 
 
-@dataclass
-class Errors:
-    """Errors of a model against one set of labels. Energies per atom, meV/atom; force
-    components, meV/Å; stress, GPa (six Voigt components, ASE sign)."""
+def errors(potential, frames, source: str = "label") -> dict:
+    """:func:`difftre_torch.evaluation.error_summary` of ``potential`` on ``frames`` against the
+    frames' own labels (``"label"``) or their ``teacher_*`` labels (``"teacher"``)."""
+    from difftre_torch.evaluation import error_summary, frame_labels, predict
 
-    frames: int
-    atoms_per_frame: int
-    energy_rmse_meV_per_atom: float
-    energy_mae_meV_per_atom: float
-    energy_bias_meV_per_atom: float
-    energy_rmse_debiased_meV_per_atom: float
-    forces_rmse_meV_per_A: float
-    forces_mae_meV_per_A: float
-    stress_rmse_GPa: float
-
-
-def predict(potential, frames) -> list[dict]:
-    """Energy (eV), forces (eV/Å, [N,3]) and Voigt stress (eV/Å³, [6]) of each frame."""
-    import torch
-    from ase.stress import full_3x3_to_voigt_6_stress
-
-    from difftre_torch.potentials.ase_calculator import potential_device_dtype
-    from difftre_torch.potentials.base import evaluate
-
-    device, dtype = potential_device_dtype(potential)
-    out = []
-    for atoms in frames:
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)[None]
-        numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=device)
-        ev = evaluate(potential, as_tensor(atoms.positions), as_tensor(atoms.cell.array), numbers,
-                      forces=True, stress=True)
-        out.append({"energy": float(ev.energy.detach()[0]),
-                    "forces": ev.forces[0].cpu().double().numpy(),
-                    "stress": full_3x3_to_voigt_6_stress(ev.stress[0].cpu().double().numpy())})
-    return out
-
-
-def _voigt(stress) -> np.ndarray:
-    stress = np.asarray(stress, dtype=float)
-    if stress.shape == (6,):
-        return stress
-    from ase.stress import full_3x3_to_voigt_6_stress
-
-    return full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
-
-
-def labels(frames, source: str = "label") -> list[dict]:
-    """Reference energy/forces/stress of each frame: ``"label"`` = the frame's own single-point
-    results (teacher for training data, reality for held-out), ``"teacher"`` = ``teacher_*``."""
-    if source == "label":
-        return [{"energy": a.get_potential_energy(), "forces": a.get_forces(apply_constraint=False),
-                 "stress": a.get_stress(voigt=True)} for a in frames]
-    return [{"energy": float(a.info["teacher_energy"]), "forces": np.asarray(a.arrays["teacher_forces"]),
-             "stress": _voigt(a.info["teacher_stress"])} for a in frames]
-
-
-def errors(predicted: list[dict], reference: list[dict], n_atoms: list[int]) -> Errors:
-    """:class:`Errors` of ``predicted`` against ``reference`` (lists of dicts from :func:`predict`)."""
-    n = np.asarray(n_atoms, dtype=float)
-    de = np.array([p["energy"] - r["energy"] for p, r in zip(predicted, reference)]) / n * 1e3
-    df = np.concatenate([(p["forces"] - r["forces"]).ravel() for p, r in zip(predicted, reference)]) * 1e3
-    ds = np.concatenate([p["stress"] - _voigt(r["stress"]) for p, r in zip(predicted, reference)])
-    ds = ds * EV_PER_A3_TO_GPA
-    rms = lambda x: float(np.sqrt(np.mean(x**2)))
-    return Errors(
-        frames=len(predicted), atoms_per_frame=int(round(n.mean())),
-        energy_rmse_meV_per_atom=rms(de), energy_mae_meV_per_atom=float(np.mean(np.abs(de))),
-        energy_bias_meV_per_atom=float(np.mean(de)), energy_rmse_debiased_meV_per_atom=rms(de - de.mean()),
-        forces_rmse_meV_per_A=rms(df), forces_mae_meV_per_A=float(np.mean(np.abs(df))),
-        stress_rmse_GPa=rms(ds),
-    )
+    return error_summary(predict(potential, frames), [frame_labels(a, source) for a in frames])
 
 
 def heldout_frames(runs: Path) -> dict[str, list]:
@@ -338,16 +271,13 @@ def evaluate_run(checkpoint: Path, data_dir: Path, runs: Path | None, md_steps: 
                     "parameters": int(sum(p.numel() for p in potential.parameters())),
                     "model": {k: v for k, v in potential.source.config["model"].items()
                               if isinstance(v, (int, float, str, bool))}}
-    pred = predict(potential, test)
-    result["test"] = asdict(errors(pred, labels(test), [len(a) for a in test]))
+    result["test"] = errors(potential, test)
     result["heldout"] = {}
     if runs is not None and Path(runs).exists():
         for cell, frames in heldout_frames(Path(runs)).items():
-            pred = predict(potential, frames)
-            n = [len(a) for a in frames]
-            entry = {"vs_reality": asdict(errors(pred, labels(frames), n))}
+            entry = {"vs_reality": errors(potential, frames)}
             if all("teacher_energy" in a.info for a in frames):
-                entry["vs_teacher"] = asdict(errors(pred, labels(frames, "teacher"), n))
+                entry["vs_teacher"] = errors(potential, frames, "teacher")
             result["heldout"][cell] = entry
     md_frame = next((a for a in test if len(a) == 56), test[0])
     result["md_speed"] = md_speed(potential, md_frame, md_steps, threads)
@@ -365,15 +295,18 @@ def markdown(metrics: dict) -> str:
         f"Base model `{Path(metrics['checkpoint']).name}` ({metrics['parameters']} parameters, "
         f"r_max {metrics['r_max_A']:g} Å, {metrics['model_dtype']}); energies per atom.",
         "",
-        "| set | frames | atoms | E RMSE (meV/atom) | E MAE | E bias | E RMSE − bias | F RMSE (meV/Å) | F MAE | σ RMSE (GPa) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| set | frames | atoms | E RMSE (meV/atom) | E MAE | E bias | E RMSE − bias | F RMSE (meV/Å) "
+        "| F in-plane | F out-of-plane | σ RMSE (GPa) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, e in rows:
+        v = lambda key, fmt: format(e[key]["value"], fmt)
         lines.append(
-            f"| {name} | {e['frames']} | {e['atoms_per_frame']} | {e['energy_rmse_meV_per_atom']:.2f} | "
-            f"{e['energy_mae_meV_per_atom']:.2f} | {e['energy_bias_meV_per_atom']:+.2f} | "
-            f"{e['energy_rmse_debiased_meV_per_atom']:.2f} | {e['forces_rmse_meV_per_A']:.1f} | "
-            f"{e['forces_mae_meV_per_A']:.1f} | {e['stress_rmse_GPa']:.3f} |")
+            f"| {name} | {e['frames']} | {e['atoms_per_frame']:.0f} | {v('energy_rmse_meV_per_atom', '.2f')} | "
+            f"{v('energy_mae_meV_per_atom', '.2f')} | {v('energy_bias_meV_per_atom', '+.2f')} | "
+            f"{v('energy_rmse_debiased_meV_per_atom', '.2f')} | {v('forces_rmse_meV_per_A', '.1f')} | "
+            f"{v('forces_in_plane_rmse_meV_per_A', '.1f')} | {v('forces_out_of_plane_rmse_meV_per_A', '.1f')} | "
+            f"{v('stress_rmse_GPa', '.3f')} |")
     md = metrics["md_speed"]
     lines += ["", f"MD speed: {md['ms_per_step_median']:.1f} ms/step wall, {md['cpu_ms_per_step']:.1f} ms/step "
                   f"CPU ({md['atoms']} atoms, {md['threads']} thread(s), {md['integrator']})."]
