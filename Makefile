@@ -1,6 +1,8 @@
 # Set-up and the two commands of the README. `make run` and `make test` create the virtualenv on
 # first use: torch first (the CPU build on CPU machines; pip takes it from this disk where it lies
-# there), then the package with constraints.txt so that no dependency replaces that torch.
+# there), then the package with its test and world extras (chgnet, dftd3: the stand-in world's
+# generator tests run the real calculators) with constraints.txt so that no dependency replaces
+# that torch.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,7 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,world]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,0 +1,436 @@
+"""Provenance of the stand-in world's shipped data: what made each file, and the re-measured numbers.
+
+``python -m recipes.world.provenance [--runs runs/world] [--data data/world]``
+
+Writes ``<data>/PROVENANCE.md`` and ``<data>/provenance.json`` (both excluded from their own
+listing). For every other file under ``<data>``: its path, size (bytes) and sha256, and the
+command, seeds and wall time of the producer that made it, read from the record each producer
+writes beside its output:
+
+* ``structures/relax.json``  — :mod:`recipes.world.relax` (``structures/*``);
+* ``binding_curve.json``     — :mod:`recipes.world.binding`;
+* ``heldout/heldout.json``   — :mod:`recipes.world.heldout` (``heldout/*``; MD seeds and wall
+  times of the source jobs included);
+* ``dataset/dataset.json``   — :mod:`recipes.world.dataset` (``dataset/*``; the MD jobs' seeds and
+  wall times from ``<runs>/<job>/done.json`` when the runs are here);
+* ``experiment/experiment_summary.json`` — :mod:`recipes.world.experiment` (``experiment/*``);
+* ``base_model/metrics.json`` — :mod:`recipes.world.train_base` ``--publish`` (``base_model/*``;
+  the seed from its nequip config).
+
+A file no record claims is listed with command ``NO RECORD`` (tests/test_world_shipped.py then
+fails). A producer whose record is absent is listed as ``pending: <what produces it>``.
+
+The section "Measured for this project, re-measured" sets the numbers quoted in issue 4 beside
+the values these records (and the held-out files) give now; a value whose source does not exist
+yet is written as ``pending: <what produces it>``, never estimated. Package versions and the
+machine are those of the process that writes the provenance (the producers ran on it unless
+their records say otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+OUTPUTS = ("PROVENANCE.md", "provenance.json")
+PACKAGES = ("torch", "nequip", "chgnet", "dftd3", "ase", "numpy")
+NO_RECORD = "NO RECORD"
+
+
+@dataclass
+class Source:
+    """One producer's record: the files it claims (paths relative to the data dir, POSIX), how
+    they were made, and the re-measured numbers it holds. ``pending`` says what would produce
+    it when its record is absent (then ``files`` is empty)."""
+
+    name: str
+    record: str
+    command: str = ""
+    seeds: str = ""
+    wall_s: float | None = None
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pending: str | None = None
+    per_job_seeds: dict = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_files(data: Path) -> list[str]:
+    """Every file under ``data`` except the provenance outputs, relative POSIX paths, sorted."""
+    return sorted(p.relative_to(data).as_posix() for p in data.rglob("*")
+                  if p.is_file() and p.relative_to(data).as_posix() not in OUTPUTS)
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _under(files: list[str], folder: str) -> list[str]:
+    return [f for f in files if f.startswith(folder + "/")]
+
+
+def _done(runs: Path | None, job: str) -> dict | None:
+    return _load(runs / job / "done.json") if runs is not None else None
+
+
+def _md_seeds(runs: list[Path | None], jobs: list[str]) -> tuple[str, float | None, dict]:
+    """Seeds of ``jobs`` from their done.json (first of ``runs`` that has it): a short text (each
+    job's seed for up to 6 jobs, else the range), the summed MD wall time (s) and {job: seed}."""
+    found = {}
+    for job in jobs:
+        found[job] = next((d for r in runs if r is not None and (d := _done(r, job))), None)
+    per_job = {j: d["job"]["seed"] for j, d in found.items() if d}
+    if len(per_job) <= 6:
+        text = "; ".join(f"{j}: {seed}" for j, seed in per_job.items())
+    else:
+        text = f"{len(per_job)} jobs, seeds {min(per_job.values())}-{max(per_job.values())}"
+    missing = len(jobs) - len(per_job)
+    if missing:
+        text += f"{'; ' if text else ''}{missing} job(s) without done.json here"
+    walls = [d.get("wall_s") for d in found.values() if d and d.get("wall_s") is not None]
+    return text, (float(sum(walls)) if walls else None), per_job
+
+
+# --------------------------------------------------------------------------- the producers
+
+
+def relax_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("structures", "structures/relax.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = "python -m recipes.world.relax (relaxed 28-atom units)"
+        return src
+    starts = sorted({r["start_spacing_A"] for runs_ in rec["runs"].values() for r in runs_})
+    src.command = f"{rec['command']} --out {data.as_posix()}/structures --fmax {rec['fmax_eV_A']}"
+    src.seeds = f"none (deterministic FIRE + FrechetCellFilter from spacings {starts} A)"
+    src.wall_s = float(sum(r.get("wall_s", 0.0) for runs_ in rec["runs"].values() for r in runs_))
+    src.files = _under(files, "structures")
+    return src
+
+
+def binding_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("binding curve", "binding_curve.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = "python -m recipes.world.binding (needs structures/)"
+        return src
+    src.command, src.wall_s = rec["command"], rec.get("wall_s")
+    src.seeds = "none (single-point energies)"
+    src.files = [f for f in files if f == src.record]
+    return src
+
+
+def heldout_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("held-out frames", "heldout/heldout.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.heldout --runs <runs> after the `heldout` campaign "
+                       "(python -m recipes.world.trajectories heldout) finishes")
+        return src
+    jobs = [j for cell in rec["cells"].values() for j in cell["jobs"]]
+    src.command = rec["command"]
+    src.seeds = "MD " + "; ".join(f"{j['job']}: {j['seed']}" for j in jobs)
+    walls = [j["md_wall_s"] for j in jobs if j.get("md_wall_s") is not None]
+    src.wall_s = float(sum(walls)) + float(rec.get("wall_s", 0.0))
+    src.notes.append("wall time = reality MD of the source jobs + export")
+    src.files = _under(files, "heldout")
+    return src
+
+
+def dataset_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("training set", "dataset/dataset.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.dataset --runs <runs> after the `training` "
+                       "campaign (python -m recipes.world.trajectories training) finishes")
+        return src
+    split = rec["split"]
+    src.command = (f"python -m recipes.world.dataset --runs {rec['runs']} --out {data.as_posix()}/dataset "
+                   f"--seed {split['seed']} --val-fraction {split['val_fraction']} "
+                   f"--test-fraction {split['test_fraction']} --guard-frames {split['guard_frames']}")
+    md_seeds, src.wall_s, src.per_job_seeds = _md_seeds([Path(rec["runs"]), runs], sorted(rec["per_job"]))
+    src.seeds = f"split {split['seed']}; MD {md_seeds or 'see <runs>/train_*/done.json'}"
+    src.notes.append("wall time = teacher MD of the source jobs (the split itself takes seconds)")
+    src.files = _under(files, "dataset")
+    return src
+
+
+def experiment_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("experiment", "experiment/experiment_summary.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.experiment --runs <runs> after the `experiment` "
+                       "campaign's npt300_* replicas finish")
+        return src
+    jobs = [r["job"] for r in rec["replicas"]]
+    teacher = rec.get("teacher_vs_reality") or {}
+    if teacher.get("job"):
+        jobs.append(teacher["job"])
+    src.command = (f"{rec['generator']} --runs {rec['runs']} --out {data.as_posix()}/experiment"
+                   + (" --quick" if rec.get("quick") else ""))
+    md_seeds, md_wall, src.per_job_seeds = _md_seeds([Path(rec["runs"]), runs], jobs)
+    from_names = "; ".join(f"{j}: {m.group(1)}" for j in jobs if (m := re.search(r"_s(\d+)$", j)))
+    src.seeds = f"MD {md_seeds or from_names}"
+    src.wall_s = (md_wall or 0.0) + float(rec.get("wall_s", 0.0))
+    src.notes.append("wall time = NPT MD of the replicas (when their done.json is here) + analysis")
+    src.files = _under(files, "experiment")
+    return src
+
+
+def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("base model", "base_model/metrics.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.train_base --publish after the training set "
+                       "(data/world/dataset) exists")
+        return src
+    run_dir = Path(rec["checkpoint"]).parent
+    launch = _load(run_dir / "train_base.json") or {}
+    overrides = [o for o in launch.get("overrides", []) if not o.startswith("dataset_")]
+    sets = "".join(f" --set {o}" for o in overrides)
+    src.command = (f"python -m recipes.world.train_base --data {rec['dataset']} --run {run_dir}"
+                   f"{sets} --publish --publish-to {data.as_posix()}/base_model")
+    config = Path(launch.get("config", Path(__file__).with_name("base_model.yaml")))
+    match = re.search(r"^seed:\s*(\d+)", config.read_text(), re.M) if config.exists() else None
+    src.seeds = f"nequip seed {match.group(1)} ({config.name})" if match else "see the nequip config"
+    src.wall_s = (rec.get("training") or {}).get("wall_s")
+    src.notes.append("wall time = nequip-train (all launches); evaluation not included")
+    src.files = _under(files, "base_model")
+    return src
+
+
+PRODUCERS = (relax_source, binding_source, heldout_source, dataset_source, experiment_source,
+             base_model_source)
+
+
+# --------------------------------------------------------------------------- re-measured numbers
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _with_error(entry: dict, key: str, digits: int = 3) -> str:
+    """``entry[key]`` ± its error: ``{"value", "error"}`` dicts (experiment_summary.json) or a flat
+    ``"a_A"`` beside ``"a_err_A"`` (lattice.json)."""
+    value = entry[key]
+    if isinstance(value, dict):
+        value, err = value["value"], value["error"]
+    else:
+        name, unit = key.split("_", 1)
+        err = entry.get(f"{name}_err_{unit}")
+    return f"{value:.{digits}f}" + (f" ± {err:.{digits}f}" if err is not None else "")
+
+
+def measured(data: Path) -> list[tuple[str, str, str, str]]:
+    """Rows (quantity, issue 4's number, re-measured value or ``pending: ...``, source)."""
+    rows = []
+    relax = _load(data / "structures/relax.json")
+    pend_relax = "pending: python -m recipes.world.relax"
+    for who, quoted_d in (("teacher", "3.98 (CHGNet)"), ("reality", "3.30 (CHGNet + D3)")):
+        rows.append((f"{who} relaxed interlayer spacing (Å), 0 K", quoted_d,
+                     _fmt(relax[who]["spacing_A"]) if relax else pend_relax, "structures/relax.json"))
+        rows.append((f"{who} relaxed lattice a (Å), 0 K", "≈ 7.12" if who == "teacher" else "—",
+                     _fmt(relax[who]["a_A"]) if relax else pend_relax, "structures/relax.json"))
+    lattice = _load(data / "experiment/lattice.json")
+    summary = _load(data / "experiment/experiment_summary.json")
+    pend_exp = "pending: python -m recipes.world.experiment (experiment campaign's NPT replicas)"
+    for key, label in (("a_A", "a (Å)"), ("c_A", "c (Å)"), ("spacing_A", "interlayer spacing (Å)")):
+        rows.append((f"reality 300 K NPT {label}", "—",
+                     _with_error(lattice, key) if lattice else pend_exp, "experiment/lattice.json"))
+    teacher = (summary or {}).get("teacher_vs_reality")
+    for key, label in (("a_A", "a (Å)"), ("spacing_A", "interlayer spacing (Å)")):
+        rows.append((f"teacher 300 K NPT {label}", "—",
+                     _with_error(teacher["lattice"], key) if teacher else
+                     "pending: python -m recipes.world.experiment with the teacher replica "
+                     "npt300_teacher_cell112_s201 finished", "experiment/experiment_summary.json"))
+    rows.append(("teacher vs reality total neutron g(r) χ²/bin, each at its own NPT cell", "≈ 65",
+                 _fmt(teacher["chi2_per_bin"]["neutron_rdf"]["chi2_per_bin"], 1) if teacher else
+                 "pending: python -m recipes.world.experiment with the teacher replica finished",
+                 "experiment/experiment_summary.json"))
+    noise = (summary or {}).get("noise_check")
+    rows.append(("two reality replicas, neutron g(r) χ²/bin (expected if consistent)", "≈ 1",
+                 f"{noise['chi2_per_bin']:.2f} ({noise['expected_chi2_per_bin_if_consistent']:.3f})"
+                 if noise else "pending: python -m recipes.world.experiment with ≥ 2 replicas finished",
+                 "experiment/experiment_summary.json"))
+    rows += _d3_rows(data)
+    binding = _load(data / "binding_curve.json")
+    for who, quoted in (("teacher", "3.8–4.0 Å, 11–12 meV/atom"), ("reality", "— (≈ 46 meV/atom)")):
+        value = "pending: python -m recipes.world.binding"
+        if binding:
+            m = binding["minimum"][who]
+            value = f"{m['spacing_A']:.2f} Å, {m['depth_meV_per_atom']:.1f} meV/atom"
+        rows.append((f"{who} binding minimum (rigid layers, reality's unit; vs 8 Å)", quoted,
+                     value, "binding_curve.json"))
+    metrics = _load(data / "base_model/metrics.json")
+    rows.append(("base model test split: E RMSE (meV/atom), F RMSE (meV/Å)", "—",
+                 f"{metrics['test']['energy_rmse_meV_per_atom']:.2f}, "
+                 f"{metrics['test']['forces_rmse_meV_per_A']:.1f}" if metrics else
+                 "pending: python -m recipes.world.train_base --publish", "base_model/metrics.json"))
+    return rows
+
+
+def _d3_rows(data: Path) -> list[tuple[str, str, str, str]]:
+    """D3 force RMS (reality − teacher forces) on the held-out frames, total and per cell."""
+    label = "D3 force RMS on held-out frames (meV/Å)"
+    quoted = "28–37 (56 atoms)"
+    if not any((data / "heldout").glob("*.extxyz.gz")):
+        return [(label, quoted, "pending: python -m recipes.world.heldout after the heldout "
+                 "campaign (python -m recipes.world.trajectories heldout) finishes", "heldout/")]
+    import numpy as np
+
+    from recipes.world.heldout import force_difference_rms_meV_A, read_heldout
+
+    cells = read_heldout(data / "heldout")
+    rows, squares, count = [], 0.0, 0
+    for cell, frames in cells.items():
+        rms = force_difference_rms_meV_A(frames)
+        n = sum(3 * len(a) for a in frames)
+        squares, count = squares + rms**2 * n, count + n
+        rows.append((f"{label}, {cell} ({len(frames)} frames of {len(frames[0])} atoms)",
+                     quoted if cell == "train56" else "—", _fmt(rms, 1), f"heldout/{cell}.extxyz.gz"))
+    rows.insert(0, (f"{label}, all cells", quoted, _fmt(float(np.sqrt(squares / count)), 1), "heldout/"))
+    return rows
+
+
+# --------------------------------------------------------------------------- environment and output
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def collect(data: str | Path, runs: str | Path | None = None) -> dict:
+    """Everything PROVENANCE.md shows, as the provenance.json dict."""
+    data = Path(data)
+    runs = Path(runs) if runs is not None else None
+    files = data_files(data)
+    sources = [produce(data, files, runs) for produce in PRODUCERS]
+    owner = {}
+    for src in sources:
+        for f in src.files:
+            owner.setdefault(f, src)
+    entries = []
+    for f in files:
+        src = owner.get(f)
+        entries.append({"path": f"{data.as_posix()}/{f}", "bytes": (data / f).stat().st_size,
+                        "sha256": sha256(data / f), "producer": src.name if src else None,
+                        "command": src.command if src else NO_RECORD,
+                        "seeds": src.seeds if src else "", "wall_s": src.wall_s if src else None,
+                        "record": src.record if src else None})
+    return {
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": "python -m recipes.world.provenance" + (f" --runs {runs}" if runs else "")
+                   + f" --data {data.as_posix()}",
+        "files": entries,
+        "sources": [{"name": s.name, "record": s.record, "command": s.command, "seeds": s.seeds,
+                     "wall_s": s.wall_s, "files": len(s.files), "notes": s.notes,
+                     "per_job_seeds": s.per_job_seeds,
+                     "pending": s.pending} for s in sources],
+        "measured": [dict(zip(("quantity", "issue_4", "value", "source"), r)) for r in measured(data)],
+        "versions": versions(),
+        "machine": machine(),
+    }
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(prov: dict) -> str:
+    """PROVENANCE.md from :func:`collect`'s dict."""
+    m, v = prov["machine"], prov["versions"]
+    lines = [
+        "# Provenance of data/world",
+        "",
+        f"Written by `{prov['command']}` on {prov['generated']}; do not edit by hand. "
+        "Every file below was made by the command in its row (paths relative to the repository "
+        "root); `NO RECORD` means no producer claims it.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}). Packages: "
+        + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "## Files",
+        "",
+        "| file | bytes | sha256 | command | seeds | wall time (s) |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for e in prov["files"]:
+        wall = "—" if e["wall_s"] is None else f"{e['wall_s']:.0f}"
+        lines.append(f"| `{e['path']}` | {e['bytes']} | `{e['sha256']}` | `{_cell(e['command'])}` | "
+                     f"{_cell(e['seeds'])} | {wall} |")
+    lines += ["", "## Producers", ""]
+    for s in prov["sources"]:
+        if s["pending"]:
+            lines.append(f"- **{s['name']}** (`{s['record']}`): pending: {s['pending']}")
+        else:
+            notes = "; ".join(s["notes"])
+            lines.append(f"- **{s['name']}** (`{s['record']}`): {s['files']} file(s), "
+                         f"`{s['command']}`" + (f"; {notes}" if notes else ""))
+    lines += ["", "## Measured for this project, re-measured", "",
+              "| quantity | issue 4 | re-measured | source |", "|---|---|---|---|"]
+    for row in prov["measured"]:
+        lines.append("| " + " | ".join(_cell(row[k]) for k in ("quantity", "issue_4", "value", "source"))
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(data: str | Path, runs: str | Path | None = None) -> dict:
+    """Write ``<data>/PROVENANCE.md`` and ``<data>/provenance.json``; returns the dict."""
+    from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
+
+    prov = collect(data, runs)
+    atomic_write_json(Path(data) / "provenance.json", prov)
+    atomic_write_text(Path(data) / "PROVENANCE.md", markdown(prov))
+    return prov
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=None, help="the campaigns' run directory (MD seeds, wall times)")
+    parser.add_argument("--data", default="data/world")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    prov = write(args.data, args.runs)
+    unclaimed = [e["path"] for e in prov["files"] if e["command"] == NO_RECORD]
+    pending = [s["name"] for s in prov["sources"] if s["pending"]]
+    print(f"[provenance] {len(prov['files'])} files -> {args.data}/PROVENANCE.md; "
+          f"pending: {', '.join(pending) or 'none'}; without a record: {unclaimed or 'none'}", flush=True)
+    return prov
+
+
+if __name__ == "__main__":
+    main()
