@@ -279,11 +279,21 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
         rows.append((f"{who} binding minimum (rigid layers, reality's unit; vs 8 Å)", quoted,
                      value, "binding_curve.json"))
     metrics = _load(data / "base_model/metrics.json")
-    rows.append(("base model test split: E RMSE (meV/atom), F RMSE (meV/Å)", "—",
-                 f"{metrics['test']['energy_rmse_meV_per_atom']:.2f}, "
-                 f"{metrics['test']['forces_rmse_meV_per_A']:.1f}" if metrics else
+    rows.append(("base model test split: E RMSE (meV/atom), F RMSE (meV/Å); all sets in "
+                 "base_model/metrics.md", "—",
+                 f"{_metric(metrics['test']['energy_rmse_meV_per_atom'], 2)}, "
+                 f"{_metric(metrics['test']['forces_rmse_meV_per_A'], 1)}" if metrics else
                  "pending: python -m recipes.world.train_base --publish", "base_model/metrics.json"))
     return rows
+
+
+def _metric(entry, digits: int) -> str:
+    """A metrics.json error: a number, or ``{"value", "ci": [lo, hi]}`` (bootstrap interval)."""
+    if isinstance(entry, dict):
+        ci = entry.get("ci")
+        text = f"{entry['value']:.{digits}f}"
+        return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+    return f"{entry:.{digits}f}"
 
 
 def _d3_rows(data: Path) -> list[tuple[str, str, str, str]]:
