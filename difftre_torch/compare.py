@@ -1,0 +1,145 @@
+"""A model's ensemble averages against experiment: sample, average with block errors, score.
+
+What a user asks first ("how far is my MLIP's G(r) from the measured one?"), for any material and
+any registered observable (:mod:`difftre_torch.observables.registry`): the same targets a
+refinement would fit are evaluated as plain frame means of a fresh sample, so the comparison runs
+through exactly the Q range, window and weighting the experiment's file states.
+
+Agreement measures (x: bins of one target; o: observed = experiment, c: calculated = model):
+
+* R_w = sqrt( Σ w (o − c)² / Σ w o² ) with w = 1/σ_o² (the weighted residual of the PDF
+  community, Egami & Billinge, *Underneath the Bragg Peaks*, 2nd ed., Eq. 5.19; PDFgui reports it
+  with these weights); with no σ, w = 1;
+* χ²/bin = mean( (o − c)² / (σ_o² + σ_c²) ), σ_c the model's own statistical error (block
+  standard error of the frame mean), so sampling noise is not counted as disagreement; over the
+  bins where σ_o² + σ_c² > 0 (a bin that never fluctuates and states no error, such as g = 0
+  inside the closest approach, carries no information on the scale of a χ²).
+
+Block errors: each replica's frames are cut into ``n_blocks`` contiguous blocks (leading frames
+that do not fill a block are dropped); σ of the mean = std(block means)/sqrt(M) over all M blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from difftre_torch.experiment.target import Target
+from difftre_torch.observables.registry import static_observables
+from difftre_torch.sampling.sampler import RawSamples
+
+
+def r_weighted(observed, calculated, sigma=None) -> float:
+    """R_w = sqrt(Σ w (o − c)² / Σ w o²), w = 1/σ² (or 1), dimensionless."""
+    o, c = np.asarray(observed, dtype=np.float64), np.asarray(calculated, dtype=np.float64)
+    w = np.ones_like(o) if sigma is None else 1.0 / np.asarray(sigma, dtype=np.float64) ** 2
+    return float(np.sqrt(np.sum(w * (o - c) ** 2) / np.sum(w * o**2)))
+
+
+def chi2_per_bin(observed, calculated, sigma_observed=None, sigma_calculated=None) -> float:
+    """mean((o − c)² / (σ_o² + σ_c²)); σ's of ``None`` count as 0 (both ``None``: mean squared error)."""
+    o, c = np.asarray(observed, dtype=np.float64), np.asarray(calculated, dtype=np.float64)
+    var = np.zeros_like(o)
+    for s in (sigma_observed, sigma_calculated):
+        if s is not None:
+            var = var + np.asarray(s, dtype=np.float64) ** 2
+    if sigma_observed is None and sigma_calculated is None:
+        return float(np.mean((o - c) ** 2))
+    used = var > 0  # bins that never fluctuate and carry no stated error (e.g. g = 0 at contact)
+    return float(np.mean((o - c)[used] ** 2 / var[used])) if used.any() else float("nan")
+
+
+def block_mean_sem(values: torch.Tensor, replica: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over frames and its block standard error. values: [S, ...]; replica: [S] ids.
+
+    Each replica's frames (in time order) form ``n_blocks`` contiguous blocks (fewer if it has
+    fewer frames); σ = std(block means, ddof=1)/sqrt(M). One block in all: σ = NaN."""
+    blocks = []
+    for r in torch.unique(replica):
+        v = values[replica == r]
+        m = min(n_blocks, v.shape[0])
+        size = v.shape[0] // m
+        v = v[v.shape[0] - m * size:]
+        blocks.append(v.reshape(m, size, *v.shape[1:]).mean(1))
+    b = torch.cat(blocks)
+    mean = values.mean(0)
+    if b.shape[0] < 2:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, b.std(0, unbiased=True) / math.sqrt(b.shape[0])
+
+
+@dataclass
+class TargetComparison:
+    """One target against one model sample. x [n]; experiment, sigma_experiment [n] (σ may be
+    None); model, sigma_model [n]; r_w, chi2_per_bin (see module docstring)."""
+
+    name: str
+    observable: str
+    x: np.ndarray | None
+    experiment: np.ndarray
+    sigma_experiment: np.ndarray | None
+    model: np.ndarray
+    sigma_model: np.ndarray
+    r_w: float
+    chi2_per_bin: float
+
+    def to_json(self) -> dict:
+        as_list = lambda a: None if a is None else np.asarray(a, dtype=float).tolist()
+        return {"observable": self.observable, "x": as_list(self.x), "experiment": as_list(self.experiment),
+                "sigma_experiment": as_list(self.sigma_experiment), "model": as_list(self.model),
+                "sigma_model": as_list(self.sigma_model), "r_w": self.r_w,
+                "chi2_per_bin": self.chi2_per_bin}
+
+
+@dataclass
+class Comparison:
+    """Every target of one state point against one sample; ``stats`` from the sampler."""
+
+    state_point: str
+    frames: int
+    targets: dict[str, TargetComparison] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"state_point": self.state_point, "frames": self.frames, "stats": self.stats,
+                "targets": {k: v.to_json() for k, v in self.targets.items()}}
+
+
+def compare_samples(samples: RawSamples, numbers: torch.Tensor, targets: Sequence[Target], *,
+                    n_blocks: int = 10, chunk_size: int = 32) -> Comparison:
+    """Frame means of ``targets``' (θ-independent) observables over ``samples`` against the
+    targets' values: :class:`Comparison`. numbers: [N] atomic numbers."""
+    positions, cells = samples.positions, samples.cells
+    values = static_observables(positions, cells, numbers.to(positions.device), list(targets), chunk_size)
+    out = Comparison(samples.state_point.name, int(positions.shape[0]), stats=dict(samples.stats))
+    for t in targets:
+        if t.name not in values:
+            raise ValueError(f"Target {t.name!r}: observable {t.observable!r} depends on θ; "
+                             "compare_samples takes structural observables only")
+        mean, sem = block_mean_sem(values[t.name].detach().cpu().double(), samples.replica.cpu(), n_blocks)
+        exp = t.values.numpy()
+        sig = None if t.sigma is None else t.sigma.numpy()
+        model = mean.numpy().reshape(exp.shape)
+        out.targets[t.name] = TargetComparison(
+            name=t.name, observable=t.observable, x=None if t.x is None else t.x.numpy(),
+            experiment=exp, sigma_experiment=sig, model=model, sigma_model=sem.numpy().reshape(exp.shape),
+            r_w=r_weighted(exp, model, sig),
+            chi2_per_bin=chi2_per_bin(exp, model, sig, np.nan_to_num(sem.numpy().reshape(exp.shape))),
+        )
+    return out
+
+
+def sample_and_compare(potential, sampler, numbers: torch.Tensor, targets: Sequence[Target], *,
+                       n_blocks: int = 10) -> dict[str, Comparison]:
+    """One round of ``sampler`` (AseSampler or BatchedSampler) with ``potential``, each state
+    point compared with its targets (a target without ``state_point`` goes to every point)."""
+    out = {}
+    for samples in sampler.sample(potential):
+        name = samples.state_point.name
+        mine = [t for t in targets if t.state_point in (None, name)]
+        out[name] = compare_samples(samples, numbers, mine, n_blocks=n_blocks)
+    return out
