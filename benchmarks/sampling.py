@@ -19,6 +19,13 @@ batched/limit (time of one limit evaluation over time of one batched step). On C
 the batched step spent in the model call and in neighbour-list upkeep is measured in the same run
 (module functions wrapped with timers; on CUDA in a separate, synchronised pass).
 
+With ``--compiled`` (nequip only) each R also gets a row ``batched, compiled``: the same
+BatchedSampler driving the model compiled by ``nequip-compile --mode aotinductor --target batch``
+(:func:`difftre_torch.potentials.compiled.compile_nequip`, checked against the eager model with
+:func:`~difftre_torch.potentials.compiled.check_same_energies` before timing), as
+``CompiledSampling`` gives it to the trainer while θ is unchanged; "vs eager" = its
+replica-steps/s over the eager batched row's.
+
 Models: ``nequip`` (a small NequIP model trained here with ``nequip-train`` for three epochs on
 EMT-labelled rattled fcc Cu, config below: float32, l_max 1, 16 features, 2 layers, r_max 4 Å;
 fcc Cu cells of 108 and 500 atoms at 300 K, Δt 2 fs) or ``lj`` (LennardJones,
@@ -27,7 +34,7 @@ fcc Cu cells of 108 and 500 atoms at 300 K, Δt 2 fs) or ``lj`` (LennardJones,
 train here).
 
     python -m benchmarks.sampling [--device cpu|cuda] [--model lj|nequip ...]
-                                  [--replicas 1 8 32] [--seconds 5] [--threads N]
+                                  [--replicas 1 8 32] [--seconds 5] [--threads N] [--compiled]
                                   [--out benchmarks/RESULTS.md]
 
 Targets (issue 6): on GPU, batched ≥ 20× ASE and ≥ 90 % of the model-bound limit at the best R;
@@ -221,7 +228,8 @@ def time_limit(potential, positions, cells, numbers, device, seconds: float) -> 
     return (time.perf_counter() - start) / calls
 
 
-def measure_system(system: System, potential, device, replicas: list[int], seconds: float) -> list[dict]:
+def measure_system(system: System, potential, device, replicas: list[int], seconds: float,
+                   compiled=None) -> list[dict]:
     from difftre_torch.sampling.batched import BatchedSampler, BatchedSamplerConfig
     from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
 
@@ -262,6 +270,16 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
         })
         print(f"{system.name}: batched R={R}: {R / step_s:.1f} replica-steps/s ({run['steps']} steps), "
               f"{rows[-1]['vs_ase']:.2f}× ASE, {100 * rows[-1]['vs_limit']:.0f} % of the limit", flush=True)
+        if compiled is not None:
+            sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
+                                     BatchedSamplerConfig(**md))
+            run = time_rounds(sampler, compiled, device, seconds, 5)
+            rate = R * run["steps"] / run["wall_s"]
+            rows.append({"system": system.name, "atoms": n_atoms, "sampler": "batched, compiled", "R": R,
+                         "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
+                         "vs_ase": rate / ase_rate, "vs_eager": rate * step_s / R})
+            print(f"{system.name}: batched, compiled R={R}: {rate:.1f} replica-steps/s, "
+                  f"{rows[-1]['vs_eager']:.2f}× eager batched", flush=True)
     return rows
 
 
@@ -274,20 +292,20 @@ def versions() -> str:
 
 
 def table(rows: list[dict]) -> str:
+    compiled = any("vs_eager" in row for row in rows)
     lines = ["| system | atoms | sampler | R | MD steps/s | replica-steps/s | atom-steps/s | batched/ASE "
              "| limit replica-steps/s | batched/limit | model share of step | neighbour-list share "
-             "| list rebuilds per replica-step |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| list rebuilds per replica-step |" + (" compiled vs eager |" if compiled else ""),
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if compiled else "")]
     for row in rows:
-        batched = row["sampler"] == "batched"
-        fmt = lambda key, spec, scale=1.0: format(row[key] * scale, spec) if batched else "–"  # noqa: E731
+        fmt = lambda key, spec, scale=1.0: format(row[key] * scale, spec) if key in row else "–"  # noqa: E731
         lines.append(
             f"| {row['system']} | {row['atoms']} | {row['sampler']} | {row['R']} | "
             f"{row['replica_steps_s'] / row['R']:.1f} | {row['replica_steps_s']:.1f} | "
             f"{row['replica_steps_s'] * row['atoms']:.3g} | {fmt('vs_ase', '.2f')} | "
             f"{fmt('limit_replica_steps_s', '.1f')} | {fmt('vs_limit', '.0%')} | "
             f"{fmt('model_share', '.0%')} | {fmt('neighbour_share', '.0%')} | "
-            f"{fmt('rebuilds_per_replica_step', '.3f')} |")
+            f"{fmt('rebuilds_per_replica_step', '.3f')} |" + (f" {fmt('vs_eager', '.2f')} |" if compiled else ""))
     return "\n".join(lines)
 
 
@@ -304,6 +322,12 @@ def verdict(rows: list[dict], device: torch.device) -> str:
                      f"(its best replica-steps/s, at R = {ceiling['R']}); ASE at R = 1 runs at "
                      f"{100 * ase['replica_steps_s'] / batched[0]['limit_replica_steps_s']:.0f} % of "
                      f"the R = {batched[0]['R']} limit.")
+        fast = [row for row in rows if row["system"] == system and "vs_eager" in row]
+        if fast:
+            best_compiled = max(fast, key=lambda row: row["replica_steps_s"])
+            lines.append(f"  compiled (AOTInductor): best R = {best_compiled['R']}: "
+                         f"{best_compiled['vs_ase']:.1f}× ASE, "
+                         f"{best_compiled['vs_eager']:.2f}× the eager batched sampler at that R.")
         if device.type == "cpu":
             eight = [row for row in batched if row["R"] >= 8]
             worst = min(row["vs_ase"] for row in eight) if eight else float("nan")
@@ -368,6 +392,9 @@ def parse_args(argv=None):
                         help="torch threads; default: torch's default less the cores other processes "
                              "keep busy (measured over 1 s before the run), at least 1")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--compiled", action="store_true",
+                        help="nequip: also time the batched sampler with the model compiled by nequip-compile "
+                             "(AOTInductor, --target batch; one compile, about a minute on CPU)")
     parser.add_argument("--notes", default="", help="free text appended to the notes line")
     return parser.parse_args(argv)
 
@@ -395,15 +422,35 @@ def main(argv=None) -> None:
             if loaded is None:
                 continue
             potential, systems, model_text = loaded
+            compiled = None
+            if args.compiled and model == "nequip":
+                compiled, compile_s = compile_model(potential, systems[0], device, Path(tmp))
+                model_text += f"; compiled with nequip-compile in {compile_s:.0f} s"
             rows = []
             for system in systems:
-                rows += measure_system(system, potential, device, replicas, args.seconds)
+                rows += measure_system(system, potential, device, replicas, args.seconds, compiled)
             blocks.append((model_text, rows))
     notes.append(f"Whole run {time.perf_counter() - started:.0f} s. {args.notes}")
     text = section(blocks, args, device, [n.strip() for n in notes if n.strip()])
     print("\n" + text)
     write_section(args.out, text)
     print(f"wrote the '{SECTION}' section of {args.out}")
+
+
+def compile_model(potential, system: System, device: torch.device, workdir: Path):
+    """(compiled potential, seconds): ``nequip-compile --mode aotinductor --target batch`` of the
+    eager model's checkpoint, loaded and checked against the eager model near ``system``."""
+    from difftre_torch.potentials.compiled import check_frames, check_same_energies, compile_nequip
+    from difftre_torch.potentials.nequip import load_nequip
+
+    start = time.perf_counter()
+    path = compile_nequip(potential.source.path, workdir / "model.nequip.pt2", device=device)
+    compile_s = time.perf_counter() - start
+    compiled = load_nequip(path, device=device)
+    agreement = check_same_energies(potential, compiled, *check_frames(system.atoms))
+    print(f"compiled the NequIP model in {compile_s:.0f} s; max |ΔU| {agreement.max_abs_energy_eV:.2g} eV, "
+          f"max |ΔF| {agreement.max_abs_force_eV_A:.2g} eV/Å vs eager", flush=True)
+    return compiled, compile_s
 
 
 def load_model(model: str, workdir: Path, device: torch.device, required: bool, notes: list[str]):

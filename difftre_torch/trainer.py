@@ -4,6 +4,9 @@ One update (Thaler & Zavadlav, Nat. Commun. 12, 6884 (2021), doi:10.1038/s41467-
 
 1. if there is no snapshot store yet, sample every state point with the current potential (θ̃)
    and cache U_θ̃(S_i) and the θ-independent observables (:func:`~difftre_torch.objective.fill_store`);
+   the trajectories may come from a ``sampling_potential`` (e.g. a compiled copy,
+   :class:`~difftre_torch.potentials.compiled.CompiledSampling`) that is the same function at θ̃,
+   but U_θ̃ always comes from the trainable potential, so the reweighting stays exact;
 2. reweight to the current θ and take the chunked gradient of the loss
    (:func:`~difftre_torch.gradient.difftre_gradient`); if N_eff/N < ``resample_ratio`` at any
    state point, sample again at θ and recompute (the step is never taken on stale weights);
@@ -118,6 +121,10 @@ class DiffTReTrainer:
     targets: the loss terms. reference_frames: labelled frames for force matching (used when
     ``config.force_matching_weight > 0``). sampler: an alternative sampler with the
     :class:`~difftre_torch.sampling.sampler.AseSampler` interface (default: AseSampler).
+    sampling_potential: what the sampler integrates, an object whose ``for_sampling()`` returns
+    a potential equal to ``potential`` at the current θ (e.g.
+    :class:`~difftre_torch.potentials.compiled.CompiledSampling`, which returns its compiled
+    model only while θ is unchanged); default: ``potential`` itself.
     """
 
     def __init__(
@@ -133,8 +140,14 @@ class DiffTReTrainer:
         reference_frames: ReferenceFrames | None = None,
         params: Sequence[torch.nn.Parameter] | None = None,
         sampler=None,
+        sampling_potential=None,
     ) -> None:
+        if sampling_potential is not None and not callable(getattr(sampling_potential, "for_sampling", None)):
+            raise TypeError("DiffTReTrainer: sampling_potential must have for_sampling() -> the potential to "
+                            "sample with at the current parameters (e.g. CompiledSampling); a frozen "
+                            "potential would sample the wrong ensemble after the first update")
         self.potential = potential
+        self.sampling_potential = sampling_potential
         self.config = config or TrainerConfig()
         self.state_points = list(state_points)
         self.point_names = [s.name for s in self.state_points]
@@ -172,9 +185,12 @@ class DiffTReTrainer:
         return self.out_dir / "checkpoint.pt"
 
     def _sample(self) -> float:
-        """Sample every state point with the current potential and refill the stores; seconds."""
+        """Sample every state point with the current potential and refill the stores; seconds.
+        The stores' U_θ̃ come from ``self.potential`` whatever ``sampling_potential`` sampled."""
         t0 = time.perf_counter()
-        raw = self.sampler.sample(self.potential)
+        source = self.sampling_potential
+        raw = self.sampler.sample(self.potential if source is None else source.for_sampling())
+        sampled_with = "trainable potential" if source is None else str(getattr(source, "description", source))
         stores = []
         for r in raw:
             point = r.state_point
@@ -193,6 +209,7 @@ class DiffTReTrainer:
                 "kinetic_temperature_K": float(r.stats.get("kinetic_temperature_K", math.nan)),
                 "discarded_frames": int(r.stats.get("discarded_frames", 0)),
                 "snapshots": int(positions.shape[0]),
+                "sampled_with": sampled_with,
             }
         self.stores = stores
         return time.perf_counter() - t0
