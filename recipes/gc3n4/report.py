@@ -1,0 +1,317 @@
+"""Step "report": REPORT.md, PNG figures and summary.json from the steps' results.
+
+Every number in the report comes from the steps' JSON (nothing is typed in); summary.json holds
+them all, with ``criteria``: the issue's acceptance checks, each with its measured values and
+whether it holds. Units: Å, meV/atom, meV/Å, GPa; R_w dimensionless (see
+:mod:`difftre_torch.compare`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
+from difftre_torch.evaluation import intervals_overlap
+from difftre_torch.monitor import save_figure
+from recipes.gc3n4.inputs import NPT, NVT
+
+LATTICE = (("a", "a_A"), ("c", "c_A"), ("spacing", "spacing_A"))
+
+
+def _fig(nrows=1, ncols=1, size=(6.4, 4.0)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, constrained_layout=True)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def structure_of(results: dict) -> dict[str, dict]:
+    """model name → its structure comparison (base and each refined model)."""
+    out = dict(results["structure_base"])
+    out.update({k: v for k, v in results["structure_refined"].items() if k != "wall_s"})
+    return {k: v for k, v in out.items() if k != "wall_s"}
+
+
+def lattice_values(comparison: dict) -> dict[str, float]:
+    """The NPT mean a, c, spacing (Å) of one comparison."""
+    t = comparison[NPT]["targets"]
+    return {"a": float(np.mean(t["a"]["model"])), "c": float(t["c"]["model"][0]),
+            "spacing": float(t["spacing"]["model"][0])}
+
+
+def criteria(results: dict, structure: dict, transfer: dict, lattice: dict, train_atoms: int) -> dict:
+    """The issue's checks, measured (base vs the main refined model)."""
+    out = {}
+    base_rw = structure["base"][NPT]["targets"]["G_total"]["r_w"]
+    ref_rw = structure["refined"][NPT]["targets"]["G_total"]["r_w"]
+    cut = 1.0 - ref_rw / base_rw
+    out["R_w cut by >= 70 %"] = {"base": base_rw, "refined": ref_rw, "cut": cut, "holds": cut >= 0.70}
+    lat = lattice_values(structure["refined"])
+    for name, key in (("spacing", "spacing_A"), ("a", "a_A")):
+        diff = lat[name] - float(lattice[key])
+        out[f"{name} within 0.03 A of reality"] = {"refined": lat[name], "reality": float(lattice[key]),
+                                                   "difference": diff, "holds": abs(diff) <= 0.03}
+    for cell, base in transfer["base"]["heldout"].items():
+        if base["atoms"] <= train_atoms:
+            continue
+        ref = transfer["refined"]["heldout"][cell]
+        fb, fr = base["vs_reality"]["forces_rmse_meV_per_A"], ref["vs_reality"]["forces_rmse_meV_per_A"]
+        out[f"{cell}: force RMSE vs reality refined < base, intervals apart"] = {
+            "base": fb, "refined": fr, "holds": fr["value"] < fb["value"] and not intervals_overlap(fb, fr)}
+        eb = base["vs_reality"]["energy_rmse_debiased_meV_per_atom"]
+        er = ref["vs_reality"]["energy_rmse_debiased_meV_per_atom"]
+        out[f"{cell}: de-biased energy RMSE vs reality refined <= base"] = {
+            "base": eb, "refined": er, "holds": er["value"] <= eb["value"]}
+    tb = transfer["base"]["teacher_test"]["forces_rmse_meV_per_A"]["value"]
+    tr = transfer["refined"]["teacher_test"]["forces_rmse_meV_per_A"]["value"]
+    out["teacher test force RMSE rises <= 10 %"] = {"base": tb, "refined": tr, "rise": tr / tb - 1.0,
+                                                    "holds": tr / tb - 1.0 <= 0.10}
+    return out
+
+
+def headline(structure: dict, transfer: dict, lattice: dict, crit: dict) -> str:
+    """The table printed at the end of the run (markdown)."""
+    b, r = structure["base"], structure["refined"]
+    lb, lr = lattice_values(b), lattice_values(r)
+    rows = [
+        ("R_w of total G(r), NPT", f"{b[NPT]['targets']['G_total']['r_w']:.3f}",
+         f"{r[NPT]['targets']['G_total']['r_w']:.3f}", "0 (experiment)"),
+        ("χ²/bin of total G(r), NPT", f"{b[NPT]['targets']['G_total']['chi2_per_bin']:.3g}",
+         f"{r[NPT]['targets']['G_total']['chi2_per_bin']:.3g}", "≈ 1"),
+        ("R_w of total G(r), NVT at the experiment's cell", f"{b[NVT]['targets']['G_total']['r_w']:.3f}",
+         f"{r[NVT]['targets']['G_total']['r_w']:.3f}", ""),
+    ]
+    for name, key in LATTICE:
+        rows.append((f"{name} (Å)", f"{lb[name]:.3f}", f"{lr[name]:.3f}",
+                     f"{lattice[key]:.3f} ± {lattice[key.replace('_A', '_err_A')]:.3f}"))
+    for cell, base in transfer["base"]["heldout"].items():
+        ref = transfer["refined"]["heldout"][cell]
+        for label, key, fmt in (("F RMSE (meV/Å)", "forces_rmse_meV_per_A", ".1f"),
+                                ("E RMSE − offset (meV/atom)", "energy_rmse_debiased_meV_per_atom", ".2f")):
+            ci = lambda e: f"{e[key]['value']:{fmt}} [{e[key]['ci'][0]:{fmt}}, {e[key]['ci'][1]:{fmt}}]"
+            rows.append((f"{cell} ({base['atoms']} atoms) vs reality: {label}", ci(base["vs_reality"]),
+                         ci(ref["vs_reality"]), ""))
+    tt = crit["teacher test force RMSE rises <= 10 %"]
+    rows.append(("teacher test split: F RMSE (meV/Å)", f"{tt['base']:.1f}", f"{tt['refined']:.1f}",
+                 f"rise {100 * tt['rise']:+.1f} % (≤ 10 %)"))
+    lines = ["| quantity | base | refined | reality / target |", "|---|---:|---:|---:|"]
+    lines += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in rows]
+    lines += ["", "| check | holds |", "|---|:---:|"]
+    lines += [f"| {name} | {'yes' if v['holds'] else 'NO'} |" for name, v in crit.items()]
+    return "\n".join(lines)
+
+
+def figure_G(structure: dict, path: Path) -> Path:
+    fig, axes = _fig(2, 1, (7.0, 6.5))
+    for ax, point, title in ((axes[0, 0], NPT, "NPT, 300 K, 1 bar"), (axes[1, 0], NVT, "NVT at the experiment's cell")):
+        exp = structure["base"][point]["targets"]["G_total"]
+        x, y = np.asarray(exp["x"]), np.asarray(exp["experiment"])
+        s = np.asarray(exp["sigma_experiment"]) if exp["sigma_experiment"] else np.zeros_like(y)
+        ax.fill_between(x, y - 2 * s, y + 2 * s, color="0.7", label="experiment ± 2σ")
+        ax.plot(x, y, color="k", lw=1.0, label="experiment")
+        for name, comp in structure.items():
+            t = comp[point]["targets"]["G_total"]
+            ax.plot(x, t["model"], lw=1.0, label=f"{name} (R_w {t['r_w']:.3f})")
+        ax.set_xlabel("r (Å)")
+        ax.set_ylabel("G(r) (Å⁻²)")
+        ax.set_title(f"total G(r) through the instrument's Q range, {title}")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def figure_lattice(structure: dict, lattice: dict, path: Path) -> Path:
+    fig, axes = _fig(1, 3, (9.0, 3.2))
+    names = list(structure)
+    for ax, (name, key) in zip(axes[0], LATTICE):
+        values = [lattice_values(structure[m])[name] for m in names]
+        ax.bar(range(len(names)), values, color="C0")
+        ax.axhline(lattice[key], color="k", label="experiment")
+        err = lattice[key.replace("_A", "_err_A")]
+        ax.axhspan(lattice[key] - 2 * err, lattice[key] + 2 * err, color="0.8")
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        lo, hi = min(values + [lattice[key]]), max(values + [lattice[key]])
+        ax.set_ylim(lo - 0.1 * (hi - lo) - 0.05, hi + 0.1 * (hi - lo) + 0.05)
+        ax.set_title(f"{name} (Å)")
+    axes[0, 0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def figure_training(refine: dict, path: Path) -> Path:
+    fig, axes = _fig(2, 1, (7.0, 6.0))
+    for name, run in refine.items():
+        hist = run["history"]
+        if not hist:
+            continue
+        u = [h["update"] for h in hist]
+        axes[0, 0].semilogy(u, [h["loss"]["total"] for h in hist], label=f"{name}: total")
+        for key in hist[0]["loss"]:
+            if key not in ("total", "fm_energy_mse", "fm_force_mse"):
+                axes[0, 0].semilogy(u, [h["loss"][key] for h in hist], lw=0.8, ls="--", label=f"{name}: {key}")
+        axes[1, 0].plot(u, [min(h["n_eff_ratio"].values()) for h in hist], marker=".", label=name)
+        res = [h["update"] for h in hist if h["resampled"]]
+        axes[1, 0].plot(res, [0.02] * len(res), "|", ms=12, color="k")
+    axes[0, 0].set_ylabel("loss")
+    axes[0, 0].legend(fontsize=6)
+    axes[1, 0].set_ylabel("N_eff / N (| resampled)")
+    axes[1, 0].set_xlabel("update")
+    axes[1, 0].set_ylim(0, 1.05)
+    return save_figure(fig, path)
+
+
+def figure_binding(transfer: dict, reference: dict, path: Path) -> Path:
+    fig, axes = _fig()
+    ax = axes[0, 0]
+    d = reference["spacing_A"]
+    ax.plot(d, reference["teacher_meV_per_atom"], "k--", label="teacher (PBE-like)")
+    ax.plot(d, reference["reality_meV_per_atom"], "k-", label="reality (+D3)")
+    for name, t in transfer.items():
+        if name == "wall_s":
+            continue
+        b = t["binding"]
+        ax.plot(b["spacing_A"], b["meV_per_atom"], marker="o", ms=3, label=name)
+    ax.set_xlim(2.8, 6.0)
+    ax.set_ylim(-60, 40)
+    ax.set_xlabel("interlayer spacing (Å)")
+    ax.set_ylabel("ΔE (meV/atom, vs 8 Å)")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def figure_errors(transfer: dict, path: Path) -> Path:
+    fig, axes = _fig(1, 2, (9.0, 3.6))
+    for k, (key, label) in enumerate((("forces_rmse_meV_per_A", "force RMSE vs reality (meV/Å)"),
+                                      ("energy_rmse_debiased_meV_per_atom", "E RMSE − offset vs reality (meV/atom)"))):
+        ax = axes[0, k]
+        for j, (name, t) in enumerate((n, t) for n, t in transfer.items() if n != "wall_s"):
+            cells = list(t["heldout"].values())
+            n = np.array([c["atoms"] for c in cells], dtype=float) * (1 + 0.02 * j)
+            v = np.array([c["vs_reality"][key]["value"] for c in cells])
+            lo = v - np.array([c["vs_reality"][key]["ci"][0] for c in cells])
+            hi = np.array([c["vs_reality"][key]["ci"][1] for c in cells]) - v
+            ax.errorbar(n, v, yerr=[lo, hi], marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("atoms in the cell")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def figure_lambda(structure: dict, transfer: dict, path: Path) -> Path:
+    fig, axes = _fig()
+    ax = axes[0, 0]
+    for name in structure:
+        rw = structure[name][NPT]["targets"]["G_total"]["r_w"]
+        f = transfer[name]["teacher_test"]["forces_rmse_meV_per_A"]
+        ax.errorbar([f["value"]], [rw], xerr=[[f["value"] - f["ci"][0]], [f["ci"][1] - f["value"]]],
+                    marker="o", capsize=3, label=name)
+    ax.set_xlabel("force RMSE vs teacher test split (meV/Å)")
+    ax.set_ylabel("R_w of total G(r) vs experiment")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _error_table(transfer: dict) -> list[str]:
+    keys = (("energy_rmse_meV_per_atom", ".2f"), ("energy_bias_meV_per_atom", "+.2f"),
+            ("energy_rmse_debiased_meV_per_atom", ".2f"), ("forces_rmse_meV_per_A", ".1f"),
+            ("forces_in_plane_rmse_meV_per_A", ".1f"), ("forces_out_of_plane_rmse_meV_per_A", ".1f"),
+            ("stress_rmse_GPa", ".3f"))
+    lines = ["| model | set | frames | E RMSE | E bias | E RMSE − bias | F RMSE | F in-plane | F out-of-plane | σ RMSE (GPa) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, t in transfer.items():
+        if name == "wall_s":
+            continue
+        sets = [(f"{cell} ({e['atoms']} atoms) vs {ref}", e[f"vs_{ref}"])
+                for cell, e in t["heldout"].items() for ref in ("reality", "teacher")]
+        sets.append(("teacher test split", t["teacher_test"]))
+        for label, e in sets:
+            cells = [f"{e[k]['value']:{f}} [{e[k]['ci'][0]:{f}}, {e[k]['ci'][1]:{f}}]" for k, f in keys]
+            lines.append(f"| {name} | {label} | {e['frames']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(results: dict, out: Path, config) -> dict:
+    """Write REPORT.md, the figures and summary.json into ``out``; returns paths and headline."""
+    from recipes.world.structures import CELLS
+
+    out.mkdir(parents=True, exist_ok=True)
+    structure = structure_of(results)
+    transfer = {k: v for k, v in results["transfer"].items() if k != "wall_s"}
+    refine = {k: v for k, v in results["refine"].items() if k != "wall_s"}
+    lattice = results["lattice"]
+    train_atoms = 28 * int(np.prod(CELLS["train56"][0]))
+    crit = criteria(results, structure, transfer, lattice, train_atoms)
+    table = headline(structure, transfer, lattice, crit)
+    figures = {
+        "G_overlay": figure_G(structure, out / "G_overlay.png"),
+        "lattice": figure_lattice(structure, lattice, out / "lattice.png"),
+        "training": figure_training(refine, out / "training.png"),
+        "binding": figure_binding(transfer, results["binding_reference"], out / "binding.png"),
+        "errors_vs_size": figure_errors(transfer, out / "errors_vs_size.png"),
+    }
+    if len(structure) > 2:
+        figures["lambda_scan"] = figure_lambda(structure, transfer, out / "lambda_scan.png")
+    binding = {name: t["binding"]["minimum"] for name, t in transfer.items()}
+    binding.update({k: v for k, v in results["binding_reference"].get("minimum", {}).items()})
+    summary = {
+        "mode": config.mode,
+        "criteria": crit,
+        "structure": {name: {p: {t: {"r_w": v["r_w"], "chi2_per_bin": v["chi2_per_bin"]}
+                                 for t, v in comp[p]["targets"].items()} for p in (NPT, NVT)}
+                      for name, comp in structure.items()},
+        "lattice": {"experiment": {k: lattice[k] for k in ("a_A", "c_A", "spacing_A")},
+                    **{name: lattice_values(comp) for name, comp in structure.items()}},
+        "transfer": transfer,
+        "binding_minima": binding,
+        "refine": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in refine.items()},
+        "wall_s": {step: results[step].get("wall_s") for step in
+                   ("structure_base", "refine", "structure_refined", "transfer")},
+        "figures": {k: str(v) for k, v in figures.items()},
+        "config": results["config"],
+    }
+    atomic_write_json(out / "summary.json", summary)
+    md = [
+        "# g-C3N4: the MLIP against experiment, refined with DiffTRe",
+        "",
+        f"Mode: {config.mode}. Everything here is measured by `python -m recipes.gc3n4"
+        f"{' --quick' if config.mode == 'quick' else ''}`; every number is also in `summary.json`.",
+        "",
+        "## Headline",
+        "",
+        table,
+        "",
+        "## Structure against experiment",
+        "",
+        "R_w = sqrt(Σ w (G_exp − G_model)² / Σ w G_exp²), w = 1/σ_exp²; χ²/bin with the experiment's "
+        "and the model's (block) σ. G(r) is the neutron-weighted total, computed through the "
+        "instrument's Q range and window as the .gr header states.",
+        "",
+        "![G(r)](G_overlay.png)",
+        "",
+        "![lattice](lattice.png)",
+        "",
+        "## Refinement",
+        "",
+        "![training](training.png)",
+        "",
+        "| model | λ | updates | resamples | loss initial → final |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, run in refine.items():
+        li, lf = (run.get("loss_initial") or {}).get("total", float("nan")), run["loss_final"]["total"]
+        md.append(f"| {name} | {run['lambda']:g} | {len(run['history'])} | {run['resamples']} | {li:.4g} → {lf:.4g} |")
+    md += ["", "## Transferability", "",
+           "Errors with 95 % bootstrap intervals over frames. The energy offset (bias) is reported "
+           "but not judged: a constant energy per atom moves no force and no ensemble average, so "
+           "no structural experiment can fix it; 'E RMSE − bias' is the one that matters.", ""]
+    md += _error_table(transfer)
+    md += ["", "![errors](errors_vs_size.png)", "", "## Interlayer binding", "",
+           "| curve | minimum (Å) | depth (meV/atom) |", "|---|---:|---:|"]
+    md += [f"| {k} | {v['spacing_A']:.3f} | {v['depth_meV_per_atom']:.2f} |" for k, v in binding.items()]
+    md += ["", "![binding](binding.png)", ""]
+    if "lambda_scan" in figures:
+        md += ["## λ scan: experiment vs DFT", "", "![lambda](lambda_scan.png)", ""]
+    path = atomic_write_text(out / "REPORT.md", "\n".join(md) + "\n")
+    return {"report": str(path), "summary": str(out / "summary.json"), "headline": table}

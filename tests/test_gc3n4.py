@@ -1,0 +1,165 @@
+"""The g-C3N4 recipe end to end on a tiny stand-in world (recipes/gc3n4/).
+
+The world here is small and cheap, not physical: a 1-epoch tiny NequIP model trained on
+EMT-labelled frames of the shipped teacher cell, an "experiment" made from rattled frames of the
+same cell, EMT-labelled held-out frames with a scaled copy as the teacher's labels. It checks the
+wiring (every step, every file, caching and resume), not the physics, which the full run reports.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+
+from difftre_torch.experiment.readers import ExperimentalData, write_gr
+from difftre_torch.experiment.target import Target
+from difftre_torch.observables.registry import static_observables
+from recipes.gc3n4 import config as config_mod
+from recipes.gc3n4.pipeline import Pipeline, lambdas
+from recipes.world.structures import make_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "data" / "world" / "structures" / "teacher_unit.extxyz"
+
+
+def _labelled(atoms, scale=1.0, teacher=False):
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.calc = SinglePointCalculator(atoms, energy=e * scale, forces=f * scale, stress=s * scale)
+    if teacher:
+        atoms.info["teacher_energy"] = e
+        atoms.info["teacher_stress"] = s
+        atoms.arrays["teacher_forces"] = f
+    return atoms
+
+
+def _rattled(cell_name, n, seed, amplitude=0.05):
+    base = make_cell(read(UNIT), cell_name)
+    out = []
+    for k in range(n):
+        a = base.copy()
+        a.rattle(amplitude, seed=seed + k)
+        out.append(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    pytest.importorskip("nequip")
+    from difftre_torch.testing import train_tiny_nequip
+
+    root = tmp_path_factory.mktemp("world")
+    train = [_labelled(a) for a in _rattled("train56", 6, 0)]
+    model = train_tiny_nequip(root / "model", train, max_epochs=1)
+    (root / "dataset").mkdir()
+    write(root / "dataset" / "train.extxyz.gz", train)
+    write(root / "dataset" / "test.extxyz.gz", [_labelled(a) for a in _rattled("train56", 3, 50)])
+    held = root / "heldout"
+    held.mkdir()
+    write(held / "train56.extxyz.gz", [_labelled(a, 1.1, True) for a in _rattled("train56", 3, 100)])
+    write(held / "cell112.extxyz.gz", [_labelled(a, 1.1, True) for a in _rattled("cell112", 3, 200)])
+    # "experiment": frame-mean neutron G(r) of rattled frames, through an instrument Q range
+    frames = _rattled("train56", 4, 300, amplitude=0.1)
+    r = torch.arange(0.51, 6.0, 0.02, dtype=torch.float64)
+    opts = {"weighting": "neutron", "q_min": 0.5, "q_max": 25.0, "lorch": False, "r_max_A": 8.0}
+    G = static_observables(torch.as_tensor(np.stack([a.positions for a in frames])),
+                           torch.as_tensor(np.stack([a.cell.array for a in frames])),
+                           torch.as_tensor(frames[0].numbers), [Target("G", "G", torch.zeros(len(r)), x=r, options=opts)],
+                           4)["G"].mean(0)
+    exp = root / "experiment"
+    exp.mkdir()
+    write_gr(exp / "neutron.gr", ExperimentalData("G", r.numpy(), G.numpy(), np.full(len(r), 0.05)),
+             {"mode": "neutron", "composition": {"C": 12, "N": 16}, "qmin": 0.5, "qmax": 25.0,
+              "rmin": float(r[0]), "rmax": float(r[-1]), "rstep": 0.02, "lorch": False, "rmax_transform": 8.0})
+    lengths = frames[0].cell.lengths()
+    lattice = {"a_A": float(lengths[0] / 2), "c_A": float(lengths[2]), "spacing_A": float(lengths[2] / 2),
+               "a_err_A": 0.01, "c_err_A": 0.01, "spacing_err_A": 0.005}
+    (exp / "lattice.json").write_text(json.dumps(lattice))
+    overrides = {
+        "paths": {"model": str(model), "structure": str(UNIT), "experiment": str(exp), "heldout": str(held),
+                  "teacher_train": str(root / "dataset" / "train.extxyz.gz"),
+                  "teacher_test": str(root / "dataset" / "test.extxyz.gz"),
+                  "binding": str(ROOT / "data" / "world" / "binding_curve.json"), "out": str(root / "out")},
+        "system": {"cell": "train56", "repeats": [2, 1, 1]},
+        "experiment": {"fit_r_A": [1.0, 5.0], "report_r_A": [1.0, 5.9]},
+        "sampler": {"equilibration_steps": 4, "reequilibration_steps": 2, "snapshots_per_replica": 4,
+                    "stride": 2, "replicas": 2, "timestep_fs": 0.5, "min_distance_A": 0.5},
+        "compare": {"n_blocks": 2},
+        "trainer": {"updates": 2, "chunk_size": 4, "fm_batch_frames": 2, "learning_rate": 1e-3},
+        "refine": {"force_matching_weight": 10.0, "lambda_scan": [0.0, 10.0]},
+        "transfer": {"n_boot": 20, "binding_spacings_A": [3.2, 3.6, 4.0]},
+    }
+    return config_mod.load(config_mod.DEFAULT_CONFIG, quick=True, overrides=overrides)
+
+
+def test_config_modes_and_errors(tmp_path):
+    quick = config_mod.load(quick=True)
+    full = config_mod.load()
+    assert quick.mode == "quick" and full.mode == "full"
+    assert quick.trainer.updates < full.trainer.updates and quick.refine.lambda_scan == []
+    assert len(lambdas(full)) == len(set(full.refine.lambda_scan) | {full.refine.force_matching_weight})
+    assert lambdas(full)[0] == full.refine.force_matching_weight
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(config_mod.DEFAULT_CONFIG.read_text())
+    data["sampler"]["timestep"] = 1.0
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"bad.yaml: sampler: unknown field\(s\) \['timestep'\]"):
+        config_mod.load(bad)
+    with pytest.raises(ValueError, match="sampler.kind"):
+        config_mod.load(overrides={"sampler": {"kind": "lammps"}})
+
+
+def test_missing_inputs_name_the_producer(tmp_path):
+    from recipes.gc3n4.inputs import experiment_targets, load_model
+
+    config = config_mod.load(overrides={"paths": {"experiment": str(tmp_path), "model": str(tmp_path / "m.ckpt")}})
+    with pytest.raises(FileNotFoundError, match="neutron.gr.*recipes.world.experiment"):
+        experiment_targets(config)
+    with pytest.raises(FileNotFoundError, match="m.ckpt.*train_base --publish"):
+        load_model(config)
+    (tmp_path / "neutron.gr").write_text("#L r G dG\n1.0 0.1 0.01\n1.1 0.2 0.01\n")
+    (tmp_path / "lattice.json").write_text(json.dumps({"a_A": 7.1, "c_A": 6.7}))
+    with pytest.raises(KeyError, match="lattice.json.*'a_err_A'"):
+        experiment_targets(config)
+
+
+def test_pipeline_end_to_end_then_cached(world):
+    logs = []
+    report = Pipeline(world, log=logs.append).run()
+    out = Path(world.paths.out)
+    for name in ("REPORT.md", "summary.json", "G_overlay.png", "lattice.png", "training.png", "binding.png",
+                 "errors_vs_size.png", "lambda_scan.png"):
+        assert (out / "report" / name).stat().st_size > 0, name
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert set(summary["structure"]) == {"base", "refined", "lambda_0"}
+    assert set(summary["transfer"]) == {"base", "refined", "lambda_0"}
+    for model in summary["structure"].values():
+        assert np.isfinite(model["npt"]["G_total"]["r_w"]) and np.isfinite(model["nvt_exp"]["G_total"]["r_w"])
+    cells = summary["transfer"]["refined"]["heldout"]
+    assert list(cells) == ["train56", "cell112"] and cells["cell112"]["atoms"] == 112
+    f = cells["cell112"]["vs_reality"]["forces_rmse_meV_per_A"]
+    assert f["ci"][0] <= f["value"] <= f["ci"][1]
+    crit = summary["criteria"]
+    assert "R_w cut by >= 70 %" in crit and "cell112: force RMSE vs reality refined < base, intervals apart" in crit
+    assert "train56: force RMSE vs reality refined < base, intervals apart" not in crit  # the training cell
+    assert all(isinstance(v["holds"], bool) for v in crit.values())
+    assert "| R_w of total G(r), NPT |" in report["headline"]
+    # the refinement trained: θ moved, and the refined checkpoint is what the steps evaluated
+    refined = summary["refine"]["refined"]
+    assert Path(refined["model"]).exists() and refined["lambda"] == 10.0
+    assert (Path(refined["dir"]) / "checkpoint.pt").exists()
+    assert (Path(refined["dir"]) / "tensorboard").is_dir()
+    md = (out / "report" / "REPORT.md").read_text()
+    assert "## Transferability" in md and "E RMSE − bias" in md
+    # a second run takes every step from its cache and rewrites the same report
+    logs.clear()
+    again = Pipeline(world, log=logs.append).run()
+    assert sum("done before" in line for line in logs) == 4
+    assert again["headline"] == report["headline"]
