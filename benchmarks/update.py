@@ -46,7 +46,6 @@ import os
 import platform
 import resource
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -499,14 +498,9 @@ def busy_cores(seconds: float = 1.0) -> float:
 
 
 def machine_description(device: torch.device, threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    text = f"{cpu}, {usable_cores()} usable cores, torch threads {threads}"
+    from difftre_torch.environment import cpu_model
+
+    text = f"{cpu_model()}, {usable_cores()} usable cores, torch threads {threads}"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -514,15 +508,12 @@ def machine_description(device: torch.device, threads: int) -> str:
 
 def versions(packages: tuple[str, ...] = ("nequip", "e3nn", "vesin-torch")) -> str:
     """"torch X, nequip Y, …" for the benchmark header (missing packages say so)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from difftre_torch.environment import package_versions
 
-    parts = [f"torch {torch.__version__}"]
-    for name in packages:
-        try:
-            parts.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            parts.append(f"{name} not installed")
-    return ", ".join(parts)
+    found = package_versions(packages)
+    return ", ".join([f"torch {torch.__version__}"] + [
+        f"{name} {v}" if v != "not installed" else f"{name} not installed" for name, v in found.items()
+        if name != "python"])
 
 
 # ---------------------------------------------------------------------------------------------

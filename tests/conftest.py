@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from difftre_torch.testing import nequip_cli, tiny_cn_frames, train_tiny_nequip  # noqa: F401
+from difftre_torch.testing import train_tiny_nequip
 
 
 @pytest.fixture(scope="session")

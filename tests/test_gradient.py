@@ -2,6 +2,7 @@
 its peak memory against N."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from ase import units
 from ase.build import bulk
 
 from difftre_torch.gradient import difftre_gradient
@@ -122,6 +122,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     from difftre_torch.reweighting import reweighted_mean
     from difftre_torch.sampling.store import SnapshotStore
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     n_snap, chunk = int(sys.argv[1]), int(sys.argv[2])
     n_atoms, width = 128, 512
     class Wide(torch.nn.Module):
@@ -153,8 +154,12 @@ _MEMORY_SCRIPT = textwrap.dedent(
 
 
 def _peak_growth_kB(n_snapshots, chunk):
+    # glibc keeps freed blocks below its mmap threshold in the heap, so RSS peaks would depend
+    # on the allocator's history; a fixed threshold returns large blocks to the OS (as the
+    # update benchmark does), one thread keeps the intra-op buffers the same from run to run
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(n_snapshots), str(chunk)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kB"]
 
 

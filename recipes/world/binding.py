@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +41,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
+from difftre_torch.environment import package_versions
 from recipes.world.structures import with_spacing
 
 SPACINGS_A = tuple(float(x) for x in np.round(np.arange(2.8, 4.55, 0.1), 2)) + (4.75, 5.0, 5.5, 6.0, 7.0)
@@ -135,13 +134,7 @@ def curve_minimum(spacings_A: Sequence[float], energies_meV: Sequence[float], wi
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that determine the curves."""
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(_VERSIONED)
 
 
 def _unit(path: Path) -> Atoms:

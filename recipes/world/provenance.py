@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+
+from difftre_torch.environment import machine, package_versions
 
 OUTPUTS = ("PROVENANCE.md", "provenance.json")
 PACKAGES = ("torch", "nequip", "chgnet", "dftd3", "ase", "numpy")
@@ -323,25 +322,7 @@ def _d3_rows(data: Path) -> list[tuple[str, str, str, str]]:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    return package_versions(PACKAGES)
 
 
 def collect(data: str | Path, runs: str | Path | None = None) -> dict:
