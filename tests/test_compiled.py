@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("nequip")
 
-from conftest import tiny_cn_frames  # noqa: E402
+from difftre_torch.testing import tiny_cn_frames  # noqa: E402
 
 from difftre_torch.experiment.target import Target  # noqa: E402
 from difftre_torch.objective import reference_energies  # noqa: E402

@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("nequip")
 
-from conftest import nequip_cli, tiny_cn_frames  # noqa: E402
+from difftre_torch.testing import nequip_cli, tiny_cn_frames  # noqa: E402
 
 from difftre_torch.potentials.base import evaluate  # noqa: E402
 from difftre_torch.potentials.nequip import (  # noqa: E402
