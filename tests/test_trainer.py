@@ -244,7 +244,7 @@ def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequi
     labelled frames, one update that changes the weights, and a refined .ckpt that reloads
     with the new weights."""
     pytest.importorskip("nequip")
-    from conftest import tiny_cn_frames
+    from difftre_torch.testing import tiny_cn_frames
 
     from difftre_torch.force_matching import ReferenceFrames
     from difftre_torch.potentials.nequip import load_nequip
