@@ -1,0 +1,110 @@
+"""The whole stand-in world in two resumable lanes, one per CPU core (or one GPU each).
+
+``python -m recipes.world.lanes {model,measure} --runs runs/world [--data data/world] [--dry-run]``
+
+* ``model``: the training campaign (teacher NVT) → the dataset split → nequip-train of the base
+  model (resumes from ``last.ckpt``) → its evaluation and publication (``--publish``);
+* ``measure``: two reality NPT replicas of the experiment campaign → the held-out campaign →
+  the teacher replica and the third reality replica → the experiment's publication → the
+  held-out export → PROVENANCE.md.
+
+Every stage is one of the world's own commands (``python -m recipes.world.<stage>``), run as a
+subprocess in order; each resumes from its own checkpoints or is skipped when its output is
+complete, so the lane can be killed at any time and started again with the same command. A
+stage whose inputs are incomplete (e.g. the dataset while training jobs are missing) is not run:
+the lane stops there and says why. ``--dry-run`` prints what would run. On a CPU machine run
+each lane with ``DIFFTRE_THREADS=1`` (one core each); train_base takes ``--threads`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from recipes.world.trajectories import experiment_jobs, heldout_jobs, training_jobs
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _done(runs: Path, names: list[str]) -> bool:
+    return all((runs / n / "done.json").exists() for n in names)
+
+
+def model_lane(runs: Path, data: Path, base_run: Path, max_epochs: int | None = None
+               ) -> list[tuple[str, list[str], Callable[[], bool]]]:
+    """(label, command, skip-when) of the ``model`` lane."""
+    names = [job.name for job, _ in training_jobs()]
+    epochs = ["--max-epochs", str(max_epochs)] if max_epochs else []
+    return [
+        ("training campaign", _python("recipes.world.trajectories", "training", "--runs", str(runs)),
+         lambda: _done(runs, names)),
+        ("dataset", _python("recipes.world.dataset", "--runs", str(runs), "--out", str(data / "dataset")),
+         lambda: (data / "dataset" / "dataset.json").exists()),
+        ("base model", _python("recipes.world.train_base", "--data", str(data / "dataset"), "--run", str(base_run),
+                               "--runs", str(runs), "--publish", "--publish-to", str(data / "base_model"), *epochs),
+         lambda: (data / "base_model" / "base.ckpt").exists()),
+    ]
+
+
+def measure_lane(runs: Path, data: Path) -> list[tuple[str, list[str], Callable[[], bool]]]:
+    """(label, command, skip-when) of the ``measure`` lane."""
+    exp = [job.name for job, _ in experiment_jobs()]
+    held = [job.name for job, _ in heldout_jobs()]
+    reality = [n for n in exp if "_reality_" in n]
+    first_two = reality[:2]
+    rest = sorted((n for n in exp if n not in first_two), key=lambda n: "_reality_" in n)  # teacher first
+    stages = [(f"experiment {n}", _python("recipes.world.trajectories", "experiment", "--runs", str(runs),
+                                          "--only", n), lambda n=n: _done(runs, [n])) for n in first_two]
+    stages.append(("held-out campaign", _python("recipes.world.trajectories", "heldout", "--runs", str(runs)),
+                   lambda: _done(runs, held)))
+    stages += [(f"experiment {n}", _python("recipes.world.trajectories", "experiment", "--runs", str(runs),
+                                           "--only", n), lambda n=n: _done(runs, [n])) for n in rest]
+    stages += [
+        ("publish experiment", _python("recipes.world.experiment", "--runs", str(runs), "--out",
+                                       str(data / "experiment"), "--no-progress"),
+         lambda: (data / "experiment" / "experiment_summary.json").exists()),
+        ("export held-out", _python("recipes.world.heldout", "--runs", str(runs), "--out", str(data / "heldout")),
+         lambda: (data / "heldout" / "heldout.json").exists()),
+        ("provenance", _python("recipes.world.provenance", "--runs", str(runs), "--data", str(data)),
+         lambda: False),
+    ]
+    return stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lane", choices=("model", "measure"))
+    parser.add_argument("--runs", default="runs/world")
+    parser.add_argument("--data", default="data/world")
+    parser.add_argument("--base-run", default="runs/base_model", help="nequip-train directory")
+    parser.add_argument("--max-epochs", type=int, default=None, help="base model epochs (default: the config's)")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    runs, data = Path(args.runs), Path(args.data)
+    stages = model_lane(runs, data, Path(args.base_run), args.max_epochs) if args.lane == "model" else measure_lane(runs, data)
+    for label, command, skip in stages:
+        if skip():
+            print(f"[lanes:{args.lane}] {label}: complete, skipped", flush=True)
+            continue
+        print(f"[lanes:{args.lane}] {label}: {' '.join(command[1:])}", flush=True)
+        if args.dry_run:
+            continue
+        code = subprocess.call(command)
+        if code != 0:
+            print(f"[lanes:{args.lane}] {label}: exit status {code}; the lane stops here "
+                  "(run the same command again to resume)", flush=True)
+            return code
+        if label != "provenance" and not skip():
+            print(f"[lanes:{args.lane}] {label}: finished without its complete output; the lane "
+                  "stops here rather than build on partial data", flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
