@@ -205,3 +205,42 @@ def test_provenance_lists_every_file_and_pending_sources(world):
     assert 10.0 < float(d3["value"]) < 80.0
     assert all(k in prov["versions"] for k in provenance.PACKAGES)
     assert prov["machine"]["cores"] >= 1
+
+
+# ------------------------------------------------------------------------------- separation
+
+
+def test_separation_frames_from_a_training_job(world, tmp_path):
+    """Two of the quick training job's snapshots, layers moved rigidly to 4.5 and 6.0 Å, relabelled."""
+    import shutil
+
+    from recipes.world import separation
+    from recipes.world.binding import layer_index
+
+    runs = tmp_path / "runs"
+    source = world["runs"] / QUICK_JOBS["training"]
+    shutil.copytree(source, runs / source.name)
+    out = separation.run(runs, per_spacing=1, seed=3, spacings_A=(4.5, 6.0), source=source.name)
+    frames = read(out / "frames.extxyz", index=":")
+    done = json.loads((out / "done.json").read_text())
+    assert done["n_frames"] == 2 and done["job"]["source_job"] == source.name
+    snapshots = read(source / "frames.extxyz", index=":")
+    for atoms in frames:
+        d = atoms.info["spacing_A"]
+        assert atoms.cell.array[2, 2] == pytest.approx(2 * d)  # two layers per cell along c
+        original = snapshots[atoms.info["source_frame"]]
+        layers = layer_index(original)
+        shift = atoms.positions - original.positions
+        for k in (0, 1):  # each layer moved as a whole
+            assert np.ptp(shift[layers == k], axis=0).max() < 1e-9
+        assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (56, 3)
+        assert np.abs(atoms.get_stress()).max() < 1.0  # eV/Å³
+    # the job is picked up by the dataset split like any training job, and not redone
+    from recipes.world.dataset import finished_jobs
+
+    assert out in finished_jobs(runs)
+    mtime = (out / "done.json").stat().st_mtime
+    separation.run(runs, per_spacing=1, seed=3, spacings_A=(4.5, 6.0), source=source.name)
+    assert (out / "done.json").stat().st_mtime == mtime
+    with pytest.raises(FileNotFoundError, match="train_missing"):
+        separation.run(tmp_path / "other", source="train_missing")

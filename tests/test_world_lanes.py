@@ -29,10 +29,10 @@ def test_measure_lane_order_and_skips(tmp_path):
 def test_model_lane_skips_finished_stages_and_passes_epochs(tmp_path, capsys):
     runs, data = tmp_path / "runs", tmp_path / "data"
     stages = lanes.model_lane(runs, data, tmp_path / "base", max_epochs=7)
-    assert [label for label, _, _ in stages] == ["training campaign", "dataset", "base model"]
-    assert stages[2][1][-2:] == ["--max-epochs", "7"]
+    assert [label for label, _, _ in stages] == ["training campaign", "separation frames", "dataset", "base model"]
+    assert stages[3][1][-2:] == ["--max-epochs", "7"]
     _finish(runs, [j.name for j, _ in training_jobs()])
-    assert [skip() for _, _, skip in lanes.model_lane(runs, data, tmp_path / "base")] == [True, False, False]
+    assert [skip() for _, _, skip in lanes.model_lane(runs, data, tmp_path / "base")] == [True, False, False, False]
     assert lanes.main(["model", "--runs", str(runs), "--data", str(data), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "training campaign: complete, skipped" in out and "dataset: -m recipes.world.dataset" in out

@@ -2,7 +2,7 @@
 
 ``python -m recipes.world.lanes {model,measure} --runs runs/world [--data data/world] [--dry-run]``
 
-* ``model``: the training campaign (teacher NVT) → the dataset split → nequip-train of the base
+* ``model``: the training campaign (teacher NVT) → the layer-separation frames → the dataset split → nequip-train of the base
   model (resumes from ``last.ckpt``) → its evaluation and publication (``--publish``);
 * ``measure``: two reality NPT replicas of the experiment campaign → the held-out campaign →
   the teacher replica and the third reality replica → the experiment's publication → the
@@ -43,6 +43,8 @@ def model_lane(runs: Path, data: Path, base_run: Path, max_epochs: int | None = 
     return [
         ("training campaign", _python("recipes.world.trajectories", "training", "--runs", str(runs)),
          lambda: _done(runs, names)),
+        ("separation frames", _python("recipes.world.separation", "--runs", str(runs)),
+         lambda: (runs / "train_separation" / "done.json").exists()),
         ("dataset", _python("recipes.world.dataset", "--runs", str(runs), "--out", str(data / "dataset")),
          lambda: (data / "dataset" / "dataset.json").exists()),
         ("base model", _python("recipes.world.train_base", "--data", str(data / "dataset"), "--run", str(base_run),
