@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-slow world-setup
+.PHONY: setup run test test-slow world-setup gc3n4
 
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) -m difftre_torch.run $(ARGS)
+
+gc3n4: $(VENV)/.installed
+	$(PY) -m recipes.gc3n4 --quick $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)
