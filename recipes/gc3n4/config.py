@@ -48,7 +48,8 @@ class Model:
 
 @dataclass
 class Experiment:
-    """Which published files to fit: ``total`` (a .gr G(r)) in ``fit_r_A``; lattice a and c."""
+    """Which published files to fit: ``total`` (a .gr G(r)) in ``fit_r_A``; lattice a and the
+    interlayer spacing (not |c|, which drifts as layers slide)."""
 
     total: str = "neutron.gr"
     fit_r_A: list[float] = field(default_factory=lambda: [1.0, 10.0])

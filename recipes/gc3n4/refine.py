@@ -2,12 +2,12 @@
 
 The loss (:mod:`difftre_torch.loss`) is
 
-    L(θ) = w_G · mean_r[((⟨G⟩_θ − G_exp)/σ_G)²] + w_L · Σ_{a, c} mean[((⟨L⟩_θ − L_exp)/σ_L)²]
+    L(θ) = w_G · mean_r[((⟨G⟩_θ − G_exp)/σ_G)²] + w_L · Σ_{a, d} mean[((⟨L⟩_θ − L_exp)/σ_L)²]
            + λ · L_FM(θ),
 
 with ⟨·⟩_θ reweighted NPT averages at the experiment's T and P (the total G(r) through the
 instrument's Q range and window, as the .gr header states; not the partials, which no
-experiment measures), and L_FM the energy + force MSE (eV²/atom², eV²/Å²) on the teacher's
+experiment measures), a the in-plane lattice parameter and d the interlayer spacing, and L_FM the energy + force MSE (eV²/atom², eV²/Å²) on the teacher's
 (DFT-like) training frames. Every parameter of the model is trained. The trainer writes
 TensorBoard events and a checkpoint after every update into ``<out>/refine/lambda_<λ>/``;
 a rerun resumes from it.

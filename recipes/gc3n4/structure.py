@@ -4,8 +4,10 @@ Two samples of the model (:mod:`difftre_torch.compare`):
 
 * ``npt``: NPT at the experiment's T and P from the DFT-relaxed cell: the model's own density,
   lattice parameters and total scattering, what a user's MD would give;
-* ``nvt_exp``: NVT at the experiment's mean cell (a, c of lattice.json): the local structure at
-  the right density, separating "wrong cell" from "wrong structure at a given cell".
+* ``nvt_exp``: NVT at the experiment's mean cell (a and the interlayer spacing d of
+  lattice.json; c = layers · d along the start cell's c, so the volume is the experiment's even
+  where its layers have slid): the local structure at the right density, separating "wrong
+  cell" from "wrong structure at a given cell".
 
 Both are compared through the experiment file's own Q range and window (the targets' options),
 with R_w and χ²/bin against the experiment's σ and the model's block σ.
@@ -57,7 +59,8 @@ def compare_model(config: RecipeConfig, potential, atoms: Atoms, targets: Experi
     npt = make_sampler(config, atoms, [npt_point(config)], seed_offset)
     out[NPT] = sample_and_compare(potential, npt, numbers, targets.report,
                                   n_blocks=config.compare.n_blocks)[NPT].to_json()
-    a, c = float(targets.lattice["a_A"]), float(targets.lattice["c_A"])
+    a = float(targets.lattice["a_A"])
+    c = config.system.layers_per_unit * float(targets.lattice["spacing_A"])
     fixed = at_lattice(atoms, a, c, config.system.repeats)
     structural = [t for t in targets.report if t.observable in ("G", "rdf")]
     nvt = make_sampler(config, fixed, [StatePoint(NVT, config.system.temperature_K, None, config.sampler.replicas)],
