@@ -141,3 +141,31 @@ def train_tiny_nequip(root: str | Path, frames=None, *, type_names: tuple[str, .
     if result.returncode != 0 or not ckpt.exists():
         raise RuntimeError(f"nequip-train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return ckpt
+
+
+def fake_aoti_model(graph_model, batched: bool = True):
+    """A stand-in for nequip's ``DictInputOutputWrapper`` around an AOTInductor runner (``--target
+    batch`` when ``batched``, else ``ase``): no parameters, dict in, detached inference-mode
+    outputs, computed by the eager full-force nequip ``graph_model`` inside. For tests of the
+    compiled-model paths without a (slow) ``nequip-compile``."""
+    import torch
+
+    from difftre_torch.potentials.nequip import _force_output
+
+    class FakeAOTIModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = [graph_model]  # hidden from .parameters(), like the compiled runner
+            self.input_keys = ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift"]
+            if batched:
+                self.input_keys += ["batch", "num_atoms"]
+            self.output_keys = ["atomic_energy", "total_energy", "forces", "stress"]
+
+        def forward(self, data):
+            model = self.inner[0]
+            with _force_output(model, True), torch.enable_grad():
+                out = model({k: data[k] for k in self.input_keys})
+            with torch.inference_mode():
+                return {k: out[k].detach().clone() for k in self.output_keys}
+
+    return FakeAOTIModel()

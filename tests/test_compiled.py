@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("nequip")
 
-from difftre_torch.testing import tiny_cn_frames  # noqa: E402
+from difftre_torch.testing import fake_aoti_model, tiny_cn_frames  # noqa: E402
 
 from difftre_torch.experiment.target import Target  # noqa: E402
 from difftre_torch.objective import reference_energies  # noqa: E402
@@ -31,27 +31,9 @@ from difftre_torch.potentials.compiled import (  # noqa: E402
     compile_nequip,
     default_tolerance,
 )
-from difftre_torch.potentials.nequip import NequIPPotential, NequIPSource, _force_output, load_nequip  # noqa: E402
+from difftre_torch.potentials.nequip import NequIPPotential, NequIPSource, load_nequip  # noqa: E402
 from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint  # noqa: E402
 from difftre_torch.trainer import DiffTReTrainer, TrainerConfig  # noqa: E402
-
-
-class FakeAOTIModel(torch.nn.Module):
-    """Stands in for nequip's ``DictInputOutputWrapper`` around a ``--target batch`` AOTI runner:
-    no parameters, dict in, detached outputs; an eager full-force nequip model inside."""
-
-    def __init__(self, graph_model):
-        super().__init__()
-        self.inner = [graph_model]  # hidden from .parameters(), like the compiled runner
-        self.input_keys = ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift", "batch", "num_atoms"]
-        self.output_keys = ["atomic_energy", "total_energy", "forces", "stress"]
-
-    def forward(self, data):
-        model = self.inner[0]
-        with _force_output(model, True), torch.enable_grad():
-            out = model({k: data[k] for k in self.input_keys})
-        with torch.inference_mode():
-            return {k: out[k].detach().clone() for k in self.output_keys}
 
 
 def fake_compiled(eager: NequIPPotential, relative_perturbation: float = 0.0) -> NequIPPotential:
@@ -62,7 +44,7 @@ def fake_compiled(eager: NequIPPotential, relative_perturbation: float = 0.0) ->
         for weight in model.parameters():
             weight.mul_(1 + relative_perturbation)
     source = NequIPSource("aotinductor", "/models/fake.nequip.pt2", eager.source.model_dtype)
-    return NequIPPotential(FakeAOTIModel(model), eager.type_names, eager.r_max_A, compiled=True, source=source)
+    return NequIPPotential(fake_aoti_model(model), eager.type_names, eager.r_max_A, compiled=True, source=source)
 
 
 STEP = 1e-2  # a relative weight change of the order of one Adam step at learning rate 1e-2

@@ -17,12 +17,11 @@ import torch
 
 pytest.importorskip("nequip")
 
-from difftre_torch.testing import nequip_cli, tiny_cn_frames  # noqa: E402
+from difftre_torch.testing import fake_aoti_model, nequip_cli, tiny_cn_frames  # noqa: E402
 
 from difftre_torch.potentials.base import evaluate  # noqa: E402
 from difftre_torch.potentials.nequip import (  # noqa: E402
     NequIPPotential,
-    _force_output,
     _nequip_state,
     load_nequip,
     save_nequip,
@@ -243,30 +242,10 @@ def test_torchscript_roundtrip(tiny_nequip_checkpoint, frames, tmp_path):
         np.testing.assert_allclose(forces, refined.forces[b].numpy(), atol=2e-5)
 
 
-class FakeAOTIModel(torch.nn.Module):
-    """Stands in for nequip's ``DictInputOutputWrapper`` around an AOTI runner: no parameters,
-    dict in, detached (inference-mode) outputs; an eager full-force nequip model inside."""
-
-    def __init__(self, graph_model, batched: bool):
-        super().__init__()
-        self.inner = [graph_model]  # hidden from .parameters(), like the compiled runner
-        self.input_keys = ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift"]
-        if batched:
-            self.input_keys += ["batch", "num_atoms"]
-        self.output_keys = ["atomic_energy", "total_energy", "forces", "stress"]
-
-    def forward(self, data):
-        model = self.inner[0]
-        with _force_output(model, True), torch.enable_grad():
-            out = model({k: data[k] for k in self.input_keys})
-        with torch.inference_mode():
-            return {k: out[k].detach().clone() for k in self.output_keys}
-
-
 @pytest.mark.parametrize("batched", [True, False], ids=["target-batch", "target-ase"])
 def test_pt2_path_is_inference_only(tiny_nequip_checkpoint, frames, batched):
     eager = load_nequip(tiny_nequip_checkpoint)
-    compiled = NequIPPotential(FakeAOTIModel(eager.model, batched), eager.type_names, eager.r_max_A, compiled=True)
+    compiled = NequIPPotential(fake_aoti_model(eager.model, batched), eager.type_names, eager.r_max_A, compiled=True)
     assert compiled.inference_only and not list(compiled.parameters())
     pos, cell, numbers = as_batch(frames)
     expected = evaluate(eager, pos, cell, numbers, stress=True)
