@@ -16,14 +16,35 @@ def test_measure_lane_order_and_skips(tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "data"
     labels = [label for label, _, _ in lanes.measure_lane(runs, data)]
     assert labels[:2] == ["experiment npt300_reality_cell112_s101", "experiment npt300_reality_cell112_s102"]
-    assert labels[2] == "held-out campaign"
-    assert labels[3] == "experiment npt300_teacher_cell112_s201"  # teacher before the third replica
-    assert labels[-3:] == ["publish experiment", "export held-out", "provenance"]
-    _finish(runs, [j.name for j, _ in experiment_jobs()][:2])
+    assert labels[2:6] == ["publish experiment", "held-out campaign", "export held-out", "provenance"]
+    assert labels[6] == "experiment npt300_teacher_cell112_s201"  # teacher before the third replica
+    assert labels[-2:] == ["publish experiment", "provenance"]
+    exp = [j.name for j, _ in experiment_jobs()]
+    _finish(runs, exp[:2])
     skipped = [label for label, _, skip in lanes.measure_lane(runs, data) if skip()]
     assert skipped == labels[:2]
     _finish(runs, [j.name for j, _ in heldout_jobs()])
     assert "held-out campaign" in [label for label, _, skip in lanes.measure_lane(runs, data) if skip()]
+
+
+def test_measure_lane_publishes_again_when_replicas_finish(tmp_path):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    exp = [j.name for j, _ in experiment_jobs()]
+    reality, teacher = [n for n in exp if "_reality_" in n], [n for n in exp if "_teacher_" in n]
+    _finish(runs, reality[:2])
+    publish = [skip for label, _, skip in lanes.measure_lane(runs, data) if label == "publish experiment"][0]
+    assert not publish()  # nothing published yet
+    (data / "experiment").mkdir(parents=True)
+    summary = {"replicas": [{"job": n} for n in reality[:2]], "teacher_vs_reality": None}
+    (data / "experiment" / "experiment_summary.json").write_text(json.dumps(summary))
+    assert publish()
+    _finish(runs, teacher)
+    assert not publish()  # a finished teacher replica is not in the published summary
+    summary["teacher_vs_reality"] = {"job": teacher[0]}
+    (data / "experiment" / "experiment_summary.json").write_text(json.dumps(summary))
+    assert publish()
+    _finish(runs, reality[2:])
+    assert not publish()
 
 
 def test_model_lane_skips_finished_stages_and_passes_epochs(tmp_path, capsys):

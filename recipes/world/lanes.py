@@ -4,9 +4,9 @@
 
 * ``model``: the training campaign (teacher NVT) → the layer-separation frames → the dataset split → nequip-train of the base
   model (resumes from ``last.ckpt``) → its evaluation and publication (``--publish``);
-* ``measure``: two reality NPT replicas of the experiment campaign → the held-out campaign →
-  the teacher replica and the third reality replica → the experiment's publication → the
-  held-out export → PROVENANCE.md.
+* ``measure``: two reality NPT replicas of the experiment campaign → the experiment's first
+  publication → the held-out campaign and its export → PROVENANCE.md → the teacher replica and
+  the third reality replica → the experiment published again with them → PROVENANCE.md.
 
 Every stage is one of the world's own commands (``python -m recipes.world.<stage>``), run as a
 subprocess in order; each resumes from its own checkpoints or is skipped when its output is
@@ -19,6 +19,7 @@ each lane with ``DIFFTRE_THREADS=1`` (one core each); train_base takes ``--threa
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,29 +54,53 @@ def model_lane(runs: Path, data: Path, base_run: Path, max_epochs: int | None = 
     ]
 
 
+def _published(runs: Path, data: Path, names: list[str]) -> bool:
+    """True when data/experiment's summary already uses every finished replica of ``names``."""
+    path = data / "experiment" / "experiment_summary.json"
+    if not path.exists():
+        return False
+    summary = json.loads(path.read_text())
+    used = {rep["job"] for rep in summary.get("replicas", [])}
+    if summary.get("teacher_vs_reality"):
+        used.add(summary["teacher_vs_reality"]["job"])
+    return {n for n in names if _done(runs, [n])} <= used
+
+
 def measure_lane(runs: Path, data: Path) -> list[tuple[str, list[str], Callable[[], bool]]]:
-    """(label, command, skip-when) of the ``measure`` lane."""
+    """(label, command, skip-when) of the ``measure`` lane.
+
+    The experiment is published as soon as two reality replicas exist (so the refinement has
+    data early), then the held-out campaign runs and is exported, and the teacher replica and
+    the third reality replica follow; the experiment is published again when they finish (the
+    publication stage is skipped only while it already uses every finished replica).
+    """
     exp = [job.name for job, _ in experiment_jobs()]
     held = [job.name for job, _ in heldout_jobs()]
     reality = [n for n in exp if "_reality_" in n]
     first_two = reality[:2]
     rest = sorted((n for n in exp if n not in first_two), key=lambda n: "_reality_" in n)  # teacher first
-    stages = [(f"experiment {n}", _python("recipes.world.trajectories", "experiment", "--runs", str(runs),
-                                          "--only", n), lambda n=n: _done(runs, [n])) for n in first_two]
-    stages.append(("held-out campaign", _python("recipes.world.trajectories", "heldout", "--runs", str(runs)),
-                   lambda: _done(runs, held)))
-    stages += [(f"experiment {n}", _python("recipes.world.trajectories", "experiment", "--runs", str(runs),
-                                           "--only", n), lambda n=n: _done(runs, [n])) for n in rest]
-    stages += [
-        ("publish experiment", _python("recipes.world.experiment", "--runs", str(runs), "--out",
-                                       str(data / "experiment"), "--no-progress"),
-         lambda: (data / "experiment" / "experiment_summary.json").exists()),
+
+    def replica(n: str) -> tuple[str, list[str], Callable[[], bool]]:
+        return (f"experiment {n}", _python("recipes.world.trajectories", "experiment", "--runs", str(runs),
+                                           "--only", n), lambda: _done(runs, [n]))
+
+    publish = ("publish experiment", _python("recipes.world.experiment", "--runs", str(runs), "--out",
+                                             str(data / "experiment"), "--no-progress"),
+               lambda: _published(runs, data, exp))
+    provenance = ("provenance", _python("recipes.world.provenance", "--runs", str(runs), "--data", str(data)),
+                  lambda: False)
+    return [
+        *(replica(n) for n in first_two),
+        publish,
+        ("held-out campaign", _python("recipes.world.trajectories", "heldout", "--runs", str(runs)),
+         lambda: _done(runs, held)),
         ("export held-out", _python("recipes.world.heldout", "--runs", str(runs), "--out", str(data / "heldout")),
          lambda: (data / "heldout" / "heldout.json").exists()),
-        ("provenance", _python("recipes.world.provenance", "--runs", str(runs), "--data", str(data)),
-         lambda: False),
+        provenance,
+        *(replica(n) for n in rest),
+        publish,
+        provenance,
     ]
-    return stages
 
 
 def main(argv: list[str] | None = None) -> int:
