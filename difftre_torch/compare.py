@@ -21,13 +21,13 @@ that do not fill a block are dropped); σ of the mean = std(block means)/sqrt(M)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from difftre_torch import statistics
 from difftre_torch.experiment.target import Target
 from difftre_torch.observables.registry import static_observables
 from difftre_torch.sampling.sampler import RawSamples
@@ -41,35 +41,33 @@ def r_weighted(observed, calculated, sigma=None) -> float:
 
 
 def chi2_per_bin(observed, calculated, sigma_observed=None, sigma_calculated=None) -> float:
-    """mean((o − c)² / (σ_o² + σ_c²)); σ's of ``None`` count as 0 (both ``None``: mean squared error)."""
-    o, c = np.asarray(observed, dtype=np.float64), np.asarray(calculated, dtype=np.float64)
-    var = np.zeros_like(o)
-    for s in (sigma_observed, sigma_calculated):
-        if s is not None:
-            var = var + np.asarray(s, dtype=np.float64) ** 2
+    """mean((o − c)² / (σ_o² + σ_c²)) over bins with σ_o² + σ_c² > 0 (a bin that never
+    fluctuates and states no error, e.g. g = 0 at contact, is left out); σ's of ``None`` count
+    as 0; both ``None``: the mean squared error. :func:`difftre_torch.statistics.chi2_per_bin`."""
+    o = torch.as_tensor(np.asarray(observed, dtype=np.float64))
+    c = torch.as_tensor(np.asarray(calculated, dtype=np.float64))
     if sigma_observed is None and sigma_calculated is None:
-        return float(np.mean((o - c) ** 2))
-    used = var > 0  # bins that never fluctuate and carry no stated error (e.g. g = 0 at contact)
-    return float(np.mean((o - c)[used] ** 2 / var[used])) if used.any() else float("nan")
+        return float(((o - c) ** 2).mean())
+    zero = torch.zeros_like(o)
+    s_o, s_c = (zero if s is None else torch.as_tensor(np.asarray(s, dtype=np.float64))
+                for s in (sigma_observed, sigma_calculated))
+    return statistics.chi2_per_bin(o, s_o, c, s_c)[0]
 
 
 def block_mean_sem(values: torch.Tensor, replica: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over frames and its block standard error. values: [S, ...]; replica: [S] ids.
 
     Each replica's frames (in time order) form ``n_blocks`` contiguous blocks (fewer if it has
-    fewer frames); σ = std(block means, ddof=1)/sqrt(M). One block in all: σ = NaN."""
+    fewer frames); σ = std(block means, ddof=1)/sqrt(M) over all M blocks. One block: σ = NaN."""
     blocks = []
     for r in torch.unique(replica):
         v = values[replica == r]
-        m = min(n_blocks, v.shape[0])
-        size = v.shape[0] // m
-        v = v[v.shape[0] - m * size:]
-        blocks.append(v.reshape(m, size, *v.shape[1:]).mean(1))
+        blocks.append(statistics.block_means(v, min(n_blocks, v.shape[0])))
     b = torch.cat(blocks)
     mean = values.mean(0)
     if b.shape[0] < 2:
         return mean, torch.full_like(mean, float("nan"))
-    return mean, b.std(0, unbiased=True) / math.sqrt(b.shape[0])
+    return mean, statistics.mean_sem(b)[1]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from difftre_torch.observables import (
 )
 from difftre_torch.sampling.ase_md import MDConfig
 from recipes.world import experiment as ex
+from recipes.world.replicas import load_replica
 from recipes.world.jobs import MDJob, frames_to_atoms
 from recipes.world.structures import gc3n4_supercell
 
@@ -141,7 +142,7 @@ def test_every_sigma_is_positive(published):
 
 
 def _frames(runs: Path, names):
-    reps = [ex.load_replica(runs / n) for n in names]
+    reps = [load_replica(runs / n) for n in names]
     pos = torch.cat([r.positions for r in reps])
     cells = torch.cat([r.cells for r in reps])
     return pos, cells, reps[0].numbers
@@ -233,7 +234,7 @@ def test_lattice_parameters_by_hand(published):
     lattice = json.loads((out / "lattice.json").read_text())
     a, c, spacing = [], [], []
     for seed in (101, 102, 103):
-        cells = ex.load_replica(runs / f"npt300_reality_cell112_s{seed}").cells.numpy()
+        cells = load_replica(runs / f"npt300_reality_cell112_s{seed}").cells.numpy()
         lengths = np.linalg.norm(cells, axis=-1)
         a.append(0.5 * (lengths[:, 0] / 2 + lengths[:, 1] / 1))
         c.append(lengths[:, 2])
@@ -292,21 +293,8 @@ def test_no_finished_replicas_is_a_clear_error(tmp_path):
         ex.publish(tmp_path, tmp_path / "out", ex.ExperimentConfig.quick(), progress=False)
 
 
-def test_helpers():
-    assert ex.infer_repeats(112, {"cell": "cell112"}) == (2, 2, 1)
-    assert ex.infer_repeats(112) == (2, 2, 1) and ex.infer_repeats(28) == (1, 1, 1)
-    with pytest.raises(ValueError):
-        ex.infer_repeats(30)
-    assert ex.formula_unit([6] * 48 + [7] * 64) == {"C": 3, "N": 4}
-    values = torch.arange(23.0, dtype=torch.float64)[:, None] ** 2
-    blocks = ex.block_means(values, 4)  # drops the first 3 frames
-    np.testing.assert_allclose(blocks[:, 0].numpy(), (np.arange(3, 23.0) ** 2).reshape(4, 5).mean(1))
-    mean, sem = ex.mean_sem(blocks)
-    assert float(sem[0]) == pytest.approx(blocks[:, 0].numpy().std(ddof=1) / 2)
-    weighted_mean, _ = ex.mean_sem(torch.tensor([[1.0], [4.0]]), torch.tensor([3.0, 1.0]))
-    assert float(weighted_mean) == pytest.approx(1.75)
-    chi2, n = ex.chi2_per_bin(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([1.0, 1.0, 0.0]),
-                              torch.tensor([3.0, 2.0, 0.0]), torch.tensor([1.0, 1.0, 0.0]))
-    assert (chi2, n) == (1.0, 2)
+def test_floored_sigma():
     floored = ex.floored_sigma(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.1)
     assert floored.tolist() == pytest.approx([0.2, 1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="every σ is zero"):
+        ex.floored_sigma(torch.zeros(3), 0.1)
