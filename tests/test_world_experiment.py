@@ -7,6 +7,7 @@ are honest and two replicas must agree within them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -170,9 +171,9 @@ def test_G_and_g_against_a_direct_computation(published):
     np.testing.assert_allclose(g_pub.values[:40], 0.0, atol=1e-12)  # no pair below 0.8 Å
     offset = np.abs(g.mean(0)[:n].numpy() - g_pub.values) / g_pub.sigma
     assert summary["rdf_vs_frame_mean_g"]["max_abs_over_sigma"] == pytest.approx(offset.max(), rel=1e-6)
-    # the standard error of the 12 blocks, by hand
+    # the standard error of the 12 blocks, by hand, times the replicas' Birge ratio
     blocks = G.reshape(12, N_FRAMES // 4, -1).mean(1)[:, :n].numpy()
-    sem = blocks.std(0, ddof=1) / math.sqrt(12)
+    sem = blocks.std(0, ddof=1) / math.sqrt(12) * summary["sigma_scale"].get("neutron_G_ideal", 1.0)
     fluctuating = sem > np.median(sem)
     np.testing.assert_allclose(G_pub.sigma[fluctuating], sem[fluctuating], rtol=1e-9)
 
@@ -286,6 +287,29 @@ def test_noise_check_on_identical_replicas_is_zero(published, tmp_path):
     assert summary["noise_check"]["chi2_per_bin"] == 0.0
     assert summary["teacher_vs_reality"] is None
     assert not (tmp_path / "out" / "diagnostics" / "teacher.npz").exists()
+
+
+def test_birge_ratio_inflates_sigma_only_where_replicas_disagree():
+    pair = {"g": {"chi2_per_bin": 3.0}, "G": {"chi2_per_bin": 0.5}, "S": {"chi2_per_bin": math.nan}}
+    noise = {"expected_chi2_per_bin_if_consistent": 1.5, "pairs": {"a vs b": pair}}
+    assert ex.birge_ratios(noise) == {"g": pytest.approx(math.sqrt(2.0)), "G": 1.0}
+    assert ex.birge_ratios(None) == {}
+
+
+def test_published_sigma_is_the_scaled_block_error(published, tmp_path):
+    """σ in the files = floor(raw block σ × the summary's sigma_scale); without inflation the
+    raw σ (same frames, same blocks)."""
+    runs, out, summary = published
+    plain = ex.publish(runs, tmp_path / "plain", dataclasses.replace(ex.ExperimentConfig.quick(), inflate_sigma=False),
+                       progress=False)
+    assert plain["sigma_scale"] == {} and set(summary["sigma_scale"]) >= {"neutron_rdf", "neutron_S"}
+    for name, scale in summary["sigma_scale"].items():
+        function = {"rdf": "rdf", "S": "S"}.get(name.split("_", 1)[1], "G")
+        inflated = read_columns(out / f"{name}.csv", function).sigma
+        raw = read_columns(tmp_path / "plain" / f"{name}.csv", function).sigma
+        floor = ex.ExperimentConfig.quick().sigma_floor_fraction
+        unfloored = raw > floor * np.median(raw) * 1.01  # bins where neither floor acts
+        np.testing.assert_allclose(inflated[unfloored], scale * raw[unfloored], rtol=1e-6)
 
 
 def test_no_finished_replicas_is_a_clear_error(tmp_path):

@@ -33,6 +33,14 @@ replica 1.
 Lattice parameters per frame and their errors: :mod:`recipes.world.replicas`. Block
 statistics: :mod:`difftre_torch.statistics`.
 
+Replica scatter beyond σ: block σ misses whatever is slower than a block. In this world the
+slowest mode is the layers' sliding (the stacking registry, hence c, differs between replicas
+by far more than its block error while a and the spacing agree), so two replicas' g(r) can
+differ by more than their block σ. When the noise check's χ²/bin exceeds its expectation for
+consistent replicas, every σ of that function is multiplied by the Birge ratio
+sqrt(χ̄²/E[χ²]) (``inflate_sigma``; the summary's ``sigma_scale``), so a fit against the
+published data is not over-confident. The noise check itself always uses the raw block σ.
+
 σ floor: where a function does not fluctuate (below the closest approach at a fixed cell; in NPT
 only the density's error remains there) the block σ is 0 or tiny; an experiment never reports a
 zero error and a χ² loss would weight the bin without bound, so published
@@ -112,6 +120,7 @@ class ExperimentConfig:
     n_blocks: int = 10  # contiguous time blocks per replica
     layers_per_unit: int = 2  # AB stacking: two layers per unit c
     sigma_floor_fraction: float = 0.1
+    inflate_sigma: bool = True  # scale σ by the replicas' Birge ratio where they disagree (docstring)
     max_frames: int | None = None  # thin each replica evenly to at most this many frames
 
     @classmethod
@@ -362,6 +371,21 @@ def noise_check(names: list[str], functions: dict, slices: list[slice], dof: int
     }
 
 
+def birge_ratios(noise: dict | None) -> dict[str, float]:
+    """σ scale per function, sqrt(max(1, χ̄²/E[χ²])): χ̄² the mean over replica pairs of the
+    noise check's χ²/bin, E[χ²] its expectation for consistent replicas. {} without a check."""
+    if noise is None or not noise["expected_chi2_per_bin_if_consistent"]:
+        return {}
+    expected = noise["expected_chi2_per_bin_if_consistent"]
+    out = {}
+    for name in next(iter(noise["pairs"].values())):
+        values = [pair[name]["chi2_per_bin"] for pair in noise["pairs"].values()
+                  if math.isfinite(pair[name]["chi2_per_bin"])]
+        if values:
+            out[name] = math.sqrt(max(1.0, sum(values) / len(values) / expected))
+    return out
+
+
 def teacher_comparison(teacher: Replica, config: ExperimentConfig, published: dict, sigmas: dict,
                        masks: dict[str, torch.Tensor], out: Path, progress: bool) -> tuple[dict, Path]:
     """Teacher-vs-reality χ²/bin of the totals at their own cells (σ² = σ_T² + σ_R², block
@@ -420,11 +444,10 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     rho_mean = float(mean_sem(pool.rho, pool.frames)[0])
     functions = total_functions(pool.r, pool.pairs, pool.G, numbers, rho_mean, config)
 
-    published, sigmas, raw_sigmas = {}, {}, {}
+    published, raw_sigmas = {}, {}
     for name, (x, values) in functions.items():
         mean, sem = mean_sem(values, pool.frames)
         published[name], raw_sigmas[name] = (x, mean), sem
-        sigmas[name] = floored_sigma(sem, config.sigma_floor_fraction)
     names = [rep.name for rep in replicas]
     # below the closest approach g and G carry only the density's error: the χ² checks skip
     # the bins where no pair was ever counted, so they test the structure
@@ -432,6 +455,9 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     seen = pool.g[:, :, :n_pub].sum(dim=(0, 1)) > 0
     masks = {f"{rad}_{f}": seen for rad in RADIATIONS for f in ("rdf", "G_ideal")}
     noise = noise_check(names, functions, slices, min(len(b.frames) for b in blocks) - 1, masks)
+    scales = birge_ratios(noise) if config.inflate_sigma else {}
+    sigmas = {name: floored_sigma(sem * scales.get(name, 1.0), config.sigma_floor_fraction)
+              for name, sem in raw_sigmas.items()}
 
     lattice = lattice_statistics([b.lattice for b in blocks], config.n_blocks)
     n_frames = [int(rep.positions.shape[0]) for rep in replicas]
@@ -518,6 +544,7 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
                                 "median_abs_over_sigma": float(offset.median())},
         "lattice": {k: {"value": v["value"], "error": v["error"]} for k, v in lattice.items()},
         "noise_check": noise,
+        "sigma_scale": scales,
         "teacher_vs_reality": teacher,
         "config": asdict(config),
         "files": sorted(str(p.relative_to(out)) for p in files + [summary_path]),

@@ -265,7 +265,10 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
                  "experiment/experiment_summary.json"))
     noise = (summary or {}).get("noise_check")
     rows.append(("two reality replicas, neutron g(r) χ²/bin (expected if consistent)", "≈ 1",
-                 f"{noise['chi2_per_bin']:.2f} ({noise['expected_chi2_per_bin_if_consistent']:.3f})"
+                 f"{noise['chi2_per_bin']:.2f} ({noise['expected_chi2_per_bin_if_consistent']:.3f}); "
+                 f"published σ of g(r) × {summary.get('sigma_scale', {}).get('neutron_rdf', 1.0):.2f} "
+                 "(Birge ratio: the replicas' layer registries differ, c "
+                 + " vs ".join(f"{c:.2f}" for c in lattice_c_means(data)) + " Å)"
                  if noise else "pending: python -m recipes.world.experiment with ≥ 2 replicas finished",
                  "experiment/experiment_summary.json"))
     rows += _d3_rows(data)
@@ -293,6 +296,12 @@ def _metric(entry, digits: int) -> str:
         text = f"{entry['value']:.{digits}f}"
         return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
     return f"{entry:.{digits}f}"
+
+
+def lattice_c_means(data: Path) -> list[float]:
+    """Each reality replica's mean c (Å) from experiment/lattice.json ([] if absent)."""
+    lattice = _load(data / "experiment" / "lattice.json") or {}
+    return lattice.get("details", {}).get("c_A", {}).get("replica_means", [])
 
 
 def _d3_rows(data: Path) -> list[tuple[str, str, str, str]]:
