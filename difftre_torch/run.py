@@ -183,7 +183,7 @@ def build_potential(config: RunConfig) -> torch.nn.Module:
         except KeyError as exc:
             raise ValueError(f"{config.source}: potential.{exc.args[0]} is required for lennard_jones") from None
     elif kind == "nequip":
-        from difftre_torch.potentials.nequip import load_nequip
+        from difftre_torch.potentials.nequip_files import load_nequip
 
         device = spec.pop("device", "auto")
         if device == "auto":

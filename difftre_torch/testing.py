@@ -31,11 +31,21 @@ def nequip_cli(name: str) -> str:
     return found
 
 
+def emt_labelled(atoms):
+    """``atoms`` with EMT's energy (eV) and forces (eV/Å) frozen in a SinglePointCalculator
+    (what ``ase.io.write`` stores as labels); returns ``atoms``."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = EMT()
+    results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
 def tiny_cn_frames(n_frames: int = 6, seed: int = 0):
     """Periodic C4N4 frames, perturbed simple-cubic arrangement, EMT labels; odd frames triclinic."""
     from ase import Atoms
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3) / 2.0
@@ -45,11 +55,8 @@ def tiny_cn_frames(n_frames: int = 6, seed: int = 0):
         if k % 2:
             cell = cell + np.array([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0], [0.4, -0.6, 0.0]])
         frac = grid + rng.normal(scale=0.04, size=grid.shape)
-        atoms = Atoms(numbers=[6, 7] * 4, scaled_positions=frac, cell=cell, pbc=True)
-        atoms.calc = EMT()
-        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
+        frames.append(emt_labelled(Atoms(numbers=[6, 7] * 4, scaled_positions=frac, cell=cell,
+                                         pbc=True)))
     return frames
 
 
@@ -169,3 +176,36 @@ def fake_aoti_model(graph_model, batched: bool = True):
                 return {k: out[k].detach().clone() for k in self.output_keys}
 
     return FakeAOTIModel()
+
+
+def as_batch(frames) -> tuple:
+    """ASE frames of one system as (positions [B, N, 3] Å, cell [B, 3, 3] Å rows, numbers [N]),
+    float64 (the potentials' input contract)."""
+    import torch
+
+    pos = torch.tensor(np.stack([a.positions for a in frames]))
+    cell = torch.tensor(np.stack([a.cell.array for a in frames]))
+    return pos, cell, torch.tensor(frames[0].numbers)
+
+
+def package_build(checkpoint: str | Path, out: str | Path) -> Path:
+    """``nequip-package build checkpoint out``; raises with nequip's stderr if it fails."""
+    out = Path(out)
+    result = subprocess.run([nequip_cli("nequip-package"), "build", str(checkpoint), str(out)],
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not out.exists():
+        raise RuntimeError(f"nequip-package build {checkpoint} failed:\n{result.stderr[-3000:]}")
+    return out
+
+
+def calculator_results(calc, atoms) -> tuple:
+    """(energy eV, forces [N, 3] eV/Å, stress [3, 3] eV/Å³) of ``atoms`` from an ASE calculator,
+    under nequip's float64 default dtype (as nequip's set_global_state leaves it)."""
+    import torch
+    from nequip.utils.dtype import torch_default_dtype
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    with torch_default_dtype(torch.float64):
+        return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from difftre_torch.testing import train_tiny_nequip
+from difftre_torch.testing import package_build, tiny_cn_frames, train_tiny_nequip
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +15,16 @@ def tiny_nequip_checkpoint(tmp_path_factory) -> Path:
     after one epoch on 6 EMT-labelled C4N4 frames; ~10 s."""
     pytest.importorskip("nequip")
     return train_tiny_nequip(tmp_path_factory.mktemp("tiny_nequip"))
+
+
+@pytest.fixture(scope="session")
+def cn_frames():
+    """An orthorhombic and a triclinic C4N4 frame, not in the tiny model's training set."""
+    return tiny_cn_frames(n_frames=2, seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_nequip_package(tiny_nequip_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint through ``nequip-package build`` (.nequip.zip), built once."""
+    return package_build(tiny_nequip_checkpoint, tmp_path_factory.mktemp("pkg") / "tiny.nequip.zip")
+

@@ -421,7 +421,7 @@ def test_verlet_list_covers_the_cutoff_until_it_reports_stale():
 
 def test_nequip_energy_with_a_verlet_list_equals_its_own_search(tiny_nequip_checkpoint):
     pytest.importorskip("nequip")
-    from difftre_torch.potentials.nequip import load_nequip
+    from difftre_torch.potentials.nequip_files import load_nequip
     from difftre_torch.testing import tiny_cn_frames
 
     frames = tiny_cn_frames(n_frames=3, seed=4)

@@ -31,7 +31,8 @@ from difftre_torch.potentials.compiled import (  # noqa: E402
     compile_nequip,
     default_tolerance,
 )
-from difftre_torch.potentials.nequip import NequIPPotential, NequIPSource, load_nequip  # noqa: E402
+from difftre_torch.potentials.nequip import NequIPPotential, NequIPSource  # noqa: E402
+from difftre_torch.potentials.nequip_files import load_nequip  # noqa: E402
 from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint  # noqa: E402
 from difftre_torch.trainer import DiffTReTrainer, TrainerConfig  # noqa: E402
 
@@ -359,7 +360,7 @@ def test_run_config_samples_with_the_compiled_model(tiny_nequip_checkpoint, real
 def test_run_config_refuses_a_compiled_model_of_other_weights(tiny_nequip_checkpoint, real_compiled, tmp_path):
     """potential.path holds refined weights, sampling_model the original export: the run stops
     at load with an error naming the config file, the field and both model files."""
-    from difftre_torch.potentials.nequip import save_nequip
+    from difftre_torch.potentials.nequip_files import save_nequip
     from difftre_torch.run import build_trainer, load_config
 
     refined = load_nequip(tiny_nequip_checkpoint)

@@ -1,6 +1,7 @@
-"""NequIP potentials: loading (.ckpt, .nequip.zip, .nequip.pth), agreement with nequip's own
-ASE calculator, batching, gradients in θ (incl. force matching vs finite differences), dtype
-rebuild, writing back (nequip-package build accepts it), and the inference-only .pt2 path.
+"""NequIP potentials: agreement with nequip's own ASE calculator (.ckpt and .nequip.zip),
+batching, gradients in θ (incl. force matching vs finite differences), unknown elements, the
+inference-only .pt2 path, and the measured nequip facts of the module docstring. Reading and
+writing model files (round trips, dtype rebuild, TorchScript): tests/test_nequip_files.py.
 
 The .pt2 path is tested with a stand-in for nequip's AOTI wrapper (same interface, an eager
 model inside): compiling a real .nequip.pt2 takes ~80 s on 2 CPU cores. A real one was checked
@@ -9,50 +10,17 @@ by hand (forces and stress through ``evaluate`` agreed with the eager model to 2
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("nequip")
 
-from difftre_torch.testing import fake_aoti_model, nequip_cli, tiny_cn_frames  # noqa: E402
+from difftre_torch.testing import as_batch, calculator_results, fake_aoti_model, tiny_cn_frames  # noqa: E402
 
 from difftre_torch.potentials.base import evaluate  # noqa: E402
-from difftre_torch.potentials.nequip import (  # noqa: E402
-    NequIPPotential,
-    _nequip_state,
-    load_nequip,
-    save_nequip,
-)
-
-
-def as_batch(frames):
-    pos = torch.tensor(np.stack([a.positions for a in frames]))
-    cell = torch.tensor(np.stack([a.cell.array for a in frames]))
-    return pos, cell, torch.tensor(frames[0].numbers)
-
-
-@pytest.fixture(scope="module")
-def frames():
-    """An orthorhombic and a triclinic C4N4 frame, not in the training set."""
-    return tiny_cn_frames(n_frames=2, seed=11)
-
-
-@pytest.fixture(scope="module")
-def package(tiny_nequip_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pkg") / "tiny.nequip.zip"
-    package_build(tiny_nequip_checkpoint, out)
-    return out
-
-
-def package_build(ckpt, out):
-    result = subprocess.run(
-        [nequip_cli("nequip-package"), "build", str(ckpt), str(out)], capture_output=True, text=True
-    )
-    assert result.returncode == 0 and out.exists(), result.stderr[-3000:]
-    return out
+from difftre_torch.potentials.nequip import NequIPPotential  # noqa: E402
+from difftre_torch.potentials.nequip_files import _nequip_state, load_nequip  # noqa: E402
 
 
 def nequip_calculator(path):
@@ -62,38 +30,15 @@ def nequip_calculator(path):
     return NequIPCalculator._from_saved_model(str(path), chemical_species_to_atom_type_map=True)
 
 
-def calculator_results(calc, atoms):
-    from nequip.utils.dtype import torch_default_dtype
-
-    atoms = atoms.copy()
-    atoms.calc = calc
-    with torch_default_dtype(torch.float64):  # nequip's data dtype, as set_global_state leaves it
-        return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
-
-
-def refine(potential, frames, lr=0.05):
-    """One SGD step on a force-matching loss (double backward through the energy)."""
-    pos, cell, numbers = as_batch(frames)
-    reference = torch.tensor(np.stack([a.get_forces() for a in frames]))
-    params = potential.trainable_parameters()
-    forces = evaluate(potential, pos, cell, numbers, create_graph=True).forces
-    loss = ((forces - reference.to(forces.dtype)) ** 2).mean()
-    grads = torch.autograd.grad(loss, params)
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p -= lr * g
-    return potential
-
-
 @pytest.mark.parametrize("kind", ["ckpt", "zip"])
-def test_matches_nequip_calculator(kind, tiny_nequip_checkpoint, package, frames):
-    path = tiny_nequip_checkpoint if kind == "ckpt" else package
+def test_matches_nequip_calculator(kind, tiny_nequip_checkpoint, tiny_nequip_package, cn_frames):
+    path = tiny_nequip_checkpoint if kind == "ckpt" else tiny_nequip_package
     potential = load_nequip(path)
     assert potential.source.format == {"ckpt": "checkpoint", "zip": "package"}[kind]
     assert potential.type_names == ["C", "N"] and potential.r_max_A == 4.0
-    ev = evaluate(potential, *as_batch(frames), stress=True)
+    ev = evaluate(potential, *as_batch(cn_frames), stress=True)
     calc = nequip_calculator(path)
-    for b, atoms in enumerate(frames):
+    for b, atoms in enumerate(cn_frames):
         energy, forces, stress = calculator_results(calc, atoms)
         assert ev.energy[b].item() == pytest.approx(energy, abs=2e-5)
         np.testing.assert_allclose(ev.forces[b].numpy(), forces, atol=2e-5)
@@ -112,9 +57,9 @@ def test_batched_equals_separate(tiny_nequip_checkpoint):
     torch.testing.assert_close(e32.double(), batched.detach(), atol=1e-4, rtol=0)
 
 
-def test_gradient_step_changes_energies(tiny_nequip_checkpoint, frames):
+def test_gradient_step_changes_energies(tiny_nequip_checkpoint, cn_frames):
     potential = load_nequip(tiny_nequip_checkpoint)
-    pos, cell, numbers = as_batch(frames)
+    pos, cell, numbers = as_batch(cn_frames)
     params = potential.trainable_parameters()
     assert len(params) == len(list(potential.model.parameters())) > 0
     energy = potential(pos, cell, numbers)
@@ -127,64 +72,10 @@ def test_gradient_step_changes_energies(tiny_nequip_checkpoint, frames):
     assert after.sum() < energy.sum() - 1e-4
 
 
-@pytest.fixture(scope="module")
-def refined_checkpoint(tiny_nequip_checkpoint, frames, tmp_path_factory):
-    potential = refine(load_nequip(tiny_nequip_checkpoint), frames)
-    path = save_nequip(potential, tmp_path_factory.mktemp("refined") / "refined.ckpt")
-    return potential, path
-
-
-def test_save_checkpoint_reloads_new_weights(tiny_nequip_checkpoint, refined_checkpoint, frames):
-    potential, path = refined_checkpoint
-    pos, cell, numbers = as_batch(frames)
-    original = load_nequip(tiny_nequip_checkpoint)(pos, cell, numbers)
-    refined = potential(pos, cell, numbers)
-    reloaded = load_nequip(path)
-    assert (refined - original).abs().max() > 1e-4
-    torch.testing.assert_close(reloaded(pos, cell, numbers), refined, atol=1e-7, rtol=0)
-    ckpt = torch.load(path, weights_only=False)
-    assert ckpt["difftre_torch"]["source_format"] == "checkpoint"
-    # nequip evaluates EMA checkpoints with the EMA weights: those must be the refined ones
-    for i, p in enumerate(potential.model.parameters()):
-        torch.testing.assert_close(ckpt["state_dict"][f"ema.ema_weight_{i}"], p.detach())
-
-
-def test_nequip_package_accepts_written_checkpoint(refined_checkpoint, frames):
-    potential, path = refined_checkpoint
-    packaged = load_nequip(package_build(path, path.with_name("refined.nequip.zip")))
-    pos, cell, numbers = as_batch(frames)
-    torch.testing.assert_close(packaged(pos, cell, numbers), potential(pos, cell, numbers), atol=1e-7, rtol=0)
-
-
-def test_save_from_package_roundtrip(package, frames, tmp_path):
-    potential = refine(load_nequip(package), frames)
-    path = save_nequip(potential, tmp_path / "from_package.ckpt")
-    pos, cell, numbers = as_batch(frames)
-    refined = potential(pos, cell, numbers)
-    assert (refined - load_nequip(package)(pos, cell, numbers)).abs().max() > 1e-4
-    reloaded = load_nequip(path)
-    torch.testing.assert_close(reloaded(pos, cell, numbers), refined, atol=1e-7, rtol=0)
-    packaged = load_nequip(package_build(path, tmp_path / "again.nequip.zip"))
-    torch.testing.assert_close(packaged(pos, cell, numbers), refined, atol=1e-7, rtol=0)
-
-
-def test_float64_rebuild_matches_float32(tiny_nequip_checkpoint, package, frames, tmp_path):
-    pos, cell, numbers = as_batch(frames)
-    e32 = load_nequip(tiny_nequip_checkpoint)(pos, cell, numbers)
-    for path in (tiny_nequip_checkpoint, package):
-        potential = load_nequip(path, dtype=torch.float64)
-        assert all(p.dtype == torch.float64 for p in potential.parameters())
-        torch.testing.assert_close(potential(pos, cell, numbers), e32, atol=2e-5, rtol=0)
-    # written back in the checkpoint's own dtype (float32)
-    written = save_nequip(potential, tmp_path / "f64.ckpt")
-    assert load_nequip(written).source.model_dtype == "float32"
-    assert torch.get_default_dtype() == torch.float32
-
-
-def test_force_matching_gradient_matches_finite_difference(tiny_nequip_checkpoint, frames):
+def test_force_matching_gradient_matches_finite_difference(tiny_nequip_checkpoint, cn_frames):
     potential = load_nequip(tiny_nequip_checkpoint, dtype=torch.float64)
-    pos, cell, numbers = as_batch(frames)
-    reference = torch.tensor(np.stack([a.get_forces() for a in frames]))
+    pos, cell, numbers = as_batch(cn_frames)
+    reference = torch.tensor(np.stack([a.get_forces() for a in cn_frames]))
 
     def loss():
         forces = evaluate(potential, pos, cell, numbers, create_graph=True).forces
@@ -206,48 +97,21 @@ def test_force_matching_gradient_matches_finite_difference(tiny_nequip_checkpoin
     assert analytic == pytest.approx(numeric, rel=1e-5)
 
 
-def test_unknown_element_is_a_clear_error(tiny_nequip_checkpoint, frames):
+def test_unknown_element_is_a_clear_error(tiny_nequip_checkpoint, cn_frames):
     potential = load_nequip(tiny_nequip_checkpoint)
-    pos, cell, numbers = as_batch(frames)
+    pos, cell, numbers = as_batch(cn_frames)
     numbers = numbers.clone()
     numbers[0] = 8
     with pytest.raises(ValueError, match=r"does not know element\(s\) O"):
         potential(pos, cell, numbers)
 
 
-def test_torchscript_roundtrip(tiny_nequip_checkpoint, frames, tmp_path):
-    from nequip.integrations.ase import NequIPCalculator
-    from nequip.model.inference_models.torchscript import save_torchscript_model
-    from nequip.model.saved_models.load_utils import load_saved_model
-
-    with _nequip_state():  # a .nequip.pth as older nequip-compile --mode torchscript made them
-        model = load_saved_model(str(tiny_nequip_checkpoint)).eval()
-        metadata = dict(model.metadata, allow_tf32="0")  # as nequip-compile wrote it
-        save_torchscript_model(model, metadata, str(tmp_path / "tiny.nequip.pth"), "cpu")
-    pos, cell, numbers = as_batch(frames)
-    potential = load_nequip(tmp_path / "tiny.nequip.pth")
-    assert potential.source.format == "torchscript"
-    torch.testing.assert_close(
-        potential(pos, cell, numbers), load_nequip(tiny_nequip_checkpoint)(pos, cell, numbers), atol=1e-6, rtol=0
-    )
-    refine(potential, frames)
-    refined = evaluate(potential, pos, cell, numbers, stress=True)
-    written = save_nequip(potential, tmp_path / "refined.nequip.pth")
-    torch.testing.assert_close(load_nequip(written)(pos, cell, numbers), refined.energy, atol=1e-7, rtol=0)
-    # nequip's own TorchScript route (frozen, forces by its ForceStressOutput) sees the new weights
-    calc = NequIPCalculator.from_compiled_model(str(written), chemical_species_to_atom_type_map=True)
-    for b, atoms in enumerate(frames):
-        energy, forces, _ = calculator_results(calc, atoms)
-        assert energy == pytest.approx(refined.energy[b].item(), abs=2e-5)
-        np.testing.assert_allclose(forces, refined.forces[b].numpy(), atol=2e-5)
-
-
 @pytest.mark.parametrize("batched", [True, False], ids=["target-batch", "target-ase"])
-def test_pt2_path_is_inference_only(tiny_nequip_checkpoint, frames, batched):
+def test_pt2_path_is_inference_only(tiny_nequip_checkpoint, cn_frames, batched):
     eager = load_nequip(tiny_nequip_checkpoint)
     compiled = NequIPPotential(fake_aoti_model(eager.model, batched), eager.type_names, eager.r_max_A, compiled=True)
     assert compiled.inference_only and not list(compiled.parameters())
-    pos, cell, numbers = as_batch(frames)
+    pos, cell, numbers = as_batch(cn_frames)
     expected = evaluate(eager, pos, cell, numbers, stress=True)
     got = evaluate(compiled, pos, cell, numbers, stress=True)  # sampling works: F and σ
     torch.testing.assert_close(got.energy, expected.energy.detach(), atol=1e-7, rtol=0)
@@ -259,7 +123,7 @@ def test_pt2_path_is_inference_only(tiny_nequip_checkpoint, frames, batched):
         compiled.trainable_parameters()
 
 
-def test_nequip_facts_and_global_state_isolation(tiny_nequip_checkpoint, frames, tmp_path):
+def test_nequip_facts_and_global_state_isolation(tiny_nequip_checkpoint, cn_frames, tmp_path):
     """Regression tripwires for the facts in the module docstring (nequip 0.19.1, torch 2.13)."""
     import nequip.utils.global_state as global_state
     from lightning.pytorch.utilities.seed import isolate_rng
@@ -295,7 +159,7 @@ def test_nequip_facts_and_global_state_isolation(tiny_nequip_checkpoint, frames,
 
     # models load in training mode; their ForceStressOutput keeps the force graph only then
     potential = load_nequip(tiny_nequip_checkpoint)
-    data = potential.graph(*as_batch(frames))
+    data = potential.graph(*as_batch(cn_frames))
     with _nequip_state():
         model = load_saved_model(str(tiny_nequip_checkpoint))
     assert model.training

@@ -247,7 +247,7 @@ def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequi
     from difftre_torch.testing import tiny_cn_frames
 
     from difftre_torch.force_matching import ReferenceFrames
-    from difftre_torch.potentials.nequip import load_nequip
+    from difftre_torch.potentials.nequip_files import load_nequip
 
     frames = tiny_cn_frames(n_frames=4, seed=2)
     potential = load_nequip(tiny_nequip_checkpoint, dtype=torch.float64)

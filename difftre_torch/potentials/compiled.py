@@ -85,7 +85,7 @@ def compile_nequip(input_path: str | os.PathLike, output_path: str | os.PathLike
                    extra_args: tuple[str, ...] = ()) -> Path:
     """``nequip-compile INPUT OUTPUT --mode aotinductor --device DEVICE --target TARGET``.
 
-    input_path: a ``.ckpt`` or ``.nequip.zip`` (what :func:`~difftre_torch.potentials.nequip.save_nequip`
+    input_path: a ``.ckpt`` or ``.nequip.zip`` (what :func:`~difftre_torch.potentials.nequip_files.save_nequip`
     writes is accepted). output_path: must end in ``.nequip.pt2`` (nequip's rule); written
     atomically (compiled to a temporary name in the same folder, then renamed). device: where
     the compiled model will run (an AOTI model runs only there). target: nequip's compile target;
@@ -301,7 +301,7 @@ class CompiledSampling:
         """Load (if a path) and check ``compiled`` against the eager model at the current θ."""
         t0 = time.perf_counter()
         if isinstance(compiled, (str, os.PathLike)):
-            from difftre_torch.potentials.nequip import load_nequip
+            from difftre_torch.potentials.nequip_files import load_nequip
 
             compiled = load_nequip(compiled, device=self.device)
         if not getattr(compiled, "inference_only", False):
@@ -314,7 +314,7 @@ class CompiledSampling:
 
     def _export(self) -> None:
         """save_nequip the eager model at the current θ, nequip-compile it, load and check it."""
-        from difftre_torch.potentials.nequip import save_nequip
+        from difftre_torch.potentials.nequip_files import save_nequip
 
         self._exports += 1
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Writing a refined potential back in the user's format.
 
 * a :class:`~difftre_torch.potentials.nequip.NequIPPotential` goes through
-  :func:`~difftre_torch.potentials.nequip.save_nequip`: ``<stem>.ckpt`` for checkpoint/package
+  :func:`~difftre_torch.potentials.nequip_files.save_nequip`: ``<stem>.ckpt`` for checkpoint/package
   inputs (``nequip-package build`` / ``nequip-compile`` take it from there), ``<stem>.nequip.pth``
   for TorchScript inputs;
 * any other ``torch.nn.Module``: its ``state_dict`` as ``<stem>.pt`` (``torch.load`` +
@@ -22,7 +22,7 @@ def save_potential(potential: torch.nn.Module, stem: str | Path) -> Path:
     stem = Path(stem)
     source = getattr(potential, "source", None)
     if source is not None and getattr(source, "format", None) is not None:
-        from difftre_torch.potentials.nequip import save_nequip
+        from difftre_torch.potentials.nequip_files import save_nequip
 
         if source.format == "aotinductor":
             raise ValueError("save_potential: an AOTInductor model has no weights to write")

@@ -34,7 +34,7 @@ def _require(path: Path, what: str, producer: str) -> Path:
 
 def load_model(config: RecipeConfig, path: Path | None = None):
     """The NequIP model of ``paths.model`` (or ``path``) as a trainable potential."""
-    from difftre_torch.potentials.nequip import load_nequip
+    from difftre_torch.potentials.nequip_files import load_nequip
 
     path = _require(path or config.path("model"), "model", "python -m recipes.world.train_base --publish")
     device = config.model.device

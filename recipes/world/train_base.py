@@ -9,7 +9,7 @@
    callbacks and epoch restored). The overrides are recorded in ``<run>/train_base.json`` and a
    resume with different ones is refused (nequip does not check); only ``--max-epochs`` may be
    raised. A run that finished (``max_epochs`` or early stopping) is not retrained.
-2. Evaluation of ``best.ckpt`` (EMA weights, via :func:`difftre_torch.potentials.nequip.load_nequip`,
+2. Evaluation of ``best.ckpt`` (EMA weights, via :func:`difftre_torch.potentials.nequip_files.load_nequip`,
    forces and stress by autograd): on the test split, and on every finished held-out job
    (``<runs>/heldout_*``) against the teacher's labels (``teacher_*``) and reality's labels,
    per cell size. Energies per atom (meV/atom: RMSE, MAE, mean error = bias, and the RMSE after
@@ -259,7 +259,7 @@ def evaluate_run(checkpoint: Path, data_dir: Path, runs: Path | None, md_steps: 
     import torch
     from ase.io import read
 
-    from difftre_torch.potentials.nequip import load_nequip
+    from difftre_torch.potentials.nequip_files import load_nequip
 
     if threads:
         torch.set_num_threads(threads)
