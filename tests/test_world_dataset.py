@@ -187,3 +187,20 @@ def test_train_base_quick(tiny_runs, tmp_path):
     assert len(record["history"]) == 1 and record["finished"]["reason"] == "max_epochs"
     with pytest.raises(RuntimeError, match="other overrides"):
         train_base.train(train_base.CONFIG, data, run, None, [*train_base.QUICK_OVERRIDES, "seed=5"], 1)
+
+
+def test_resume_point_falls_back_to_the_backup_when_last_is_truncated(tmp_path):
+    import torch
+
+    from recipes.world.train_base import resume_point
+
+    assert resume_point(tmp_path) is None
+    torch.save({"epoch": 3}, tmp_path / "last.ckpt")
+    assert resume_point(tmp_path) == tmp_path / "last.ckpt"
+    assert torch.load(tmp_path / "last.backup.ckpt", weights_only=False) == {"epoch": 3}
+    full = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(full[: len(full) // 2])  # killed while Lightning wrote it
+    said = []
+    assert resume_point(tmp_path, log=said.append) == tmp_path / "last.backup.ckpt"
+    assert "does not load" in said[0] and "last.backup.ckpt" in said[0]
+    assert torch.load(tmp_path / "last.backup.ckpt", weights_only=False) == {"epoch": 3}  # kept

@@ -80,6 +80,31 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def resume_point(run_dir: Path, log=print) -> Path | None:
+    """The checkpoint to resume from: ``last.ckpt`` if it loads, else ``last.backup.ckpt``.
+
+    Lightning writes ``last.ckpt`` in place, so a run killed while writing it leaves a truncated
+    file. Each launch therefore checks that ``last.ckpt`` loads and copies it (atomically) to
+    ``last.backup.ckpt``; if it does not load, the backup of the previous launch is used and the
+    epochs since then are trained again (said in the log). None: nothing to resume from.
+    """
+    import torch
+
+    last, backup = run_dir / "last.ckpt", run_dir / "last.backup.ckpt"
+    if last.exists():
+        try:
+            torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as error:  # a truncated or corrupt file: any unpickling error
+            log(f"[train_base] {last} does not load ({type(error).__name__}: {error}); "
+                f"{'resuming from ' + str(backup) if backup.exists() else 'no backup either'}")
+        else:
+            tmp = backup.with_name(backup.name + ".tmp")
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, backup)
+            return last
+    return backup if backup.exists() else None
+
+
 def train(config: Path, data_dir: Path, run_dir: Path, max_epochs: int | None,
           extra_overrides: list[str], threads: int | None, verbose: bool = True) -> dict:
     """Run or resume nequip-train into ``run_dir``; returns the launch record (train_base.json)."""
@@ -113,13 +138,14 @@ def train(config: Path, data_dir: Path, run_dir: Path, max_epochs: int | None,
     record.pop("finished", None)
     command = [_nequip_train(), "-cp", str(config.parent.resolve()), "-cn", config.stem,
                *overrides, f"{_EPOCH_KEY}{max_epochs}", f"hydra.run.dir={run_dir}"]
-    resumed = last.exists()
+    resume = resume_point(run_dir) if last.exists() or (run_dir / "last.backup.ckpt").exists() else None
+    resumed = resume is not None
     if resumed:
-        command.append(f"++ckpt_path={last}")
+        command.append(f"++ckpt_path={resume}")
     env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    entry = {"start": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_from": str(last) if resumed else None,
+    entry = {"start": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_from": str(resume) if resumed else None,
              "max_epochs": max_epochs, "threads": threads}
     record["history"].append(entry)
     atomic_write_json(record_path, record)
