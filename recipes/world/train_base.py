@@ -138,7 +138,7 @@ def train(config: Path, data_dir: Path, run_dir: Path, max_epochs: int | None,
     record.pop("finished", None)
     command = [_nequip_train(), "-cp", str(config.parent.resolve()), "-cn", config.stem,
                *overrides, f"{_EPOCH_KEY}{max_epochs}", f"hydra.run.dir={run_dir}"]
-    resume = resume_point(run_dir) if last.exists() or (run_dir / "last.backup.ckpt").exists() else None
+    resume = resume_point(run_dir)
     resumed = resume is not None
     if resumed:
         command.append(f"++ckpt_path={resume}")
