@@ -114,6 +114,10 @@ def test_config_modes_and_errors(tmp_path):
         config_mod.load(bad)
     with pytest.raises(ValueError, match="sampler.kind"):
         config_mod.load(overrides={"sampler": {"kind": "lammps"}})
+    with pytest.raises(ValueError, match="refine.parameters"):
+        config_mod.load(overrides={"refine": {"parameters": "last_layer"}})
+    with pytest.raises(ValueError, match=r"refine.correction: unknown field\(s\) \['cutof'\]"):
+        config_mod.load(overrides={"refine": {"correction": {"cutof": 8.0}}})
 
 
 def test_missing_inputs_name_the_producer(tmp_path):

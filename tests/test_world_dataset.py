@@ -204,3 +204,13 @@ def test_resume_point_falls_back_to_the_backup_when_last_is_truncated(tmp_path):
     assert resume_point(tmp_path, log=said.append) == tmp_path / "last.backup.ckpt"
     assert "does not load" in said[0] and "last.backup.ckpt" in said[0]
     assert torch.load(tmp_path / "last.backup.ckpt", weights_only=False) == {"epoch": 3}  # kept
+
+
+def test_launch_walls_bound_a_killed_launch_by_the_next_start():
+    from recipes.world.train_base import launch_walls
+
+    history = [{"start": "2026-01-01T10:00:00"},  # killed: no record, next start 10:30
+               {"start": "2026-01-01T10:30:00", "wall_s": 600.0},
+               {"start": "2026-01-01T11:00:00"}]  # killed, nothing after it to bound it
+    assert launch_walls(history) == {"wall_s": 2400.0, "wall_s_recorded": 600.0, "launches_unrecorded": 2}
+    assert launch_walls([]) == {"wall_s": 0.0, "wall_s_recorded": 0.0, "launches_unrecorded": 0}

@@ -99,10 +99,16 @@ class Trainer:
 
 @dataclass
 class Refine:
-    """λ of the force-matching term (L_FM in eV²/Å²) for the main model, and the λ scan."""
+    """λ of the force-matching term (L_FM in eV²/Å²) for the main model, and the λ scan.
+
+    ``parameters``: what DiffTRe moves. "correction": a pair correction ΔU added to the frozen
+    base (:mod:`difftre_torch.potentials.correction`; ``correction`` holds its cutoff_A,
+    centers_A, width_A); "model": every weight of the base; "both": the two together."""
 
     force_matching_weight: float = 1000.0
     lambda_scan: list[float] = field(default_factory=list)
+    parameters: str = "correction"
+    correction: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +178,13 @@ def parse(data: dict, quick: bool = False, source: str = "<dict>", overrides: di
     config = RecipeConfig(**sections, mode=mode, source=source)
     if config.sampler.kind not in ("batched", "ase"):
         raise ValueError(f"{source}: sampler.kind must be 'batched' or 'ase', got {config.sampler.kind!r}")
+    if config.refine.parameters not in ("correction", "model", "both"):
+        raise ValueError(f"{source}: refine.parameters must be 'correction', 'model' or 'both', "
+                         f"got {config.refine.parameters!r}")
+    bad = sorted(set(config.refine.correction) - {"cutoff_A", "centers_A", "width_A"})
+    if bad:
+        raise ValueError(f"{source}: refine.correction: unknown field(s) {bad}; expected some of "
+                         "['centers_A', 'cutoff_A', 'width_A']")
     if config.model.dtype not in ("float32", "float64"):
         raise ValueError(f"{source}: model.dtype must be 'float32' or 'float64', got {config.model.dtype!r}")
     return config

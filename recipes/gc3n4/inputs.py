@@ -33,7 +33,9 @@ def _require(path: Path, what: str, producer: str) -> Path:
 
 
 def load_model(config: RecipeConfig, path: Path | None = None):
-    """The NequIP model of ``paths.model`` (or ``path``) as a trainable potential."""
+    """The NequIP model of ``paths.model`` (or ``path``) as a trainable potential; a
+    ``*.correction.pt`` file (a refined base + pair correction) gives a CorrectedPotential."""
+    from difftre_torch.potentials.io import CORRECTION_SUFFIX, load_corrected
     from difftre_torch.potentials.nequip_files import load_nequip
 
     path = _require(path or config.path("model"), "model", "python -m recipes.world.train_base --publish")
@@ -41,7 +43,29 @@ def load_model(config: RecipeConfig, path: Path | None = None):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"float32": torch.float32, "float64": torch.float64}[config.model.dtype]
+    if path.name.endswith(CORRECTION_SUFFIX):
+        return load_corrected(path, lambda base: load_nequip(base, device=device, dtype=dtype))
     return load_nequip(path, device=device, dtype=dtype)
+
+
+def refinable(config: RecipeConfig, potential):
+    """The potential DiffTRe refines, per ``refine.parameters``: the base itself ("model"), or the
+    base plus a zero pair correction over the atoms' species ("correction": base frozen; "both"),
+    its mean-field offset taken at the start cell's partial densities."""
+    if config.refine.parameters == "model":
+        return potential
+    from difftre_torch.potentials.ase_calculator import potential_device_dtype
+    from difftre_torch.potentials.correction import CorrectedPotential, PairCorrection, PairCorrectionSpec
+
+    from difftre_torch.potentials.correction import species_densities
+
+    atoms = start_cell(config)
+    species = sorted(set(int(z) for z in atoms.numbers))
+    device, dtype = potential_device_dtype(potential)
+    spec = PairCorrectionSpec(species=species, **config.refine.correction,
+                              reference_densities_per_A3=species_densities(atoms.numbers, atoms.get_volume(), species))
+    correction = PairCorrection(spec, dtype=dtype, device=device)
+    return CorrectedPotential(potential, correction, train_base=config.refine.parameters == "both")
 
 
 def start_cell(config: RecipeConfig) -> Atoms:

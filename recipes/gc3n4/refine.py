@@ -8,7 +8,9 @@ The loss (:mod:`difftre_torch.loss`) is
 with ⟨·⟩_θ reweighted NPT averages at the experiment's T and P (the total G(r) through the
 instrument's Q range and window, as the .gr header states; not the partials, which no
 experiment measures), a the in-plane lattice parameter and d the interlayer spacing, and L_FM the energy + force MSE (eV²/atom², eV²/Å²) on the teacher's
-(DFT-like) training frames. Every parameter of the model is trained. The trainer writes
+(DFT-like) training frames. ``refine.parameters`` says what is trained: a pair correction
+added to the frozen base (default; :mod:`difftre_torch.potentials.correction`), every weight of
+the model, or both. The trainer writes
 TensorBoard events and a checkpoint after every update into ``<out>/refine/lambda_<λ>/``;
 a rerun resumes from it.
 """
@@ -23,7 +25,7 @@ from ase import Atoms
 from difftre_torch.force_matching import ReferenceFrames
 from difftre_torch.trainer import DiffTReTrainer, TrainerConfig
 from recipes.gc3n4.config import RecipeConfig
-from recipes.gc3n4.inputs import ExperimentTargets, load_model
+from recipes.gc3n4.inputs import ExperimentTargets, load_model, refinable
 from recipes.gc3n4.structure import make_sampler, npt_point
 
 
@@ -49,7 +51,7 @@ def refine(config: RecipeConfig, atoms: Atoms, targets: ExperimentTargets, teach
     done = out / "refine_result.json"
     if done.exists():
         return json.loads(done.read_text())
-    potential = load_model(config)
+    potential = refinable(config, load_model(config))
     sampler = make_sampler(config, atoms, [npt_point(config)], seed_offset=1000)
     trainer = DiffTReTrainer(potential, atoms, [npt_point(config)], targets.fit,
                              config=trainer_config(config, lam), out_dir=out, sampler=sampler,

@@ -192,6 +192,16 @@ def experiment_source(data: Path, files: list[str], runs: Path | None) -> Source
     return src
 
 
+def _repo_relative(path) -> str:
+    """``path`` relative to the repository root when it lies inside it (as a command would be
+    typed there), else as given."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
 def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source:
     src = Source("base model", "base_model/metrics.json")
     rec = _load(data / src.record)
@@ -203,13 +213,16 @@ def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source
     launch = _load(run_dir / "train_base.json") or {}
     overrides = [o for o in launch.get("overrides", []) if not o.startswith("dataset_")]
     sets = "".join(f" --set {o}" for o in overrides)
-    src.command = (f"python -m recipes.world.train_base --data {rec['dataset']} --run {run_dir}"
-                   f"{sets} --publish --publish-to {data.as_posix()}/base_model")
+    epochs = f" --max-epochs {launch['max_epochs']}" if launch.get("max_epochs") else ""
+    src.command = (f"python -m recipes.world.train_base --data {_repo_relative(rec['dataset'])} "
+                   f"--run {_repo_relative(run_dir)}{sets}{epochs} --publish --publish-to "
+                   f"{_repo_relative(data)}/base_model")
     config = Path(launch.get("config", Path(__file__).with_name("base_model.yaml")))
     match = re.search(r"^seed:\s*(\d+)", config.read_text(), re.M) if config.exists() else None
     src.seeds = f"nequip seed {match.group(1)} ({config.name})" if match else "see the nequip config"
     src.wall_s = (rec.get("training") or {}).get("wall_s")
-    src.notes.append("wall time = nequip-train (all launches); evaluation not included")
+    src.notes.append("wall time = nequip-train (all launches; a launch killed without a record is "
+                     "bounded by the next launch's start); evaluation not included")
     src.files = _under(files, "base_model")
     return src
 

@@ -338,9 +338,28 @@ def markdown(metrics: dict) -> str:
                   f"CPU ({md['atoms']} atoms, {md['threads']} thread(s), {md['integrator']})."]
     if metrics.get("training"):
         t = metrics["training"]
-        lines.append(f"Training: {t['epochs']} epochs, {t['wall_s']:.0f} s wall; validation weighted sum "
+        unrecorded = (f" (at most; {t['launches_unrecorded']} of {t['launches']} launches were killed "
+                      f"without a record and are bounded by the next launch's start)"
+                      if t.get("launches_unrecorded") else "")
+        lines.append(f"Training: {t['epochs']} epochs, {t['wall_s']:.0f} s wall{unrecorded}; validation weighted sum "
                      f"{t['val_first']:.4g} (first epoch) → {t['val_best']:.4g} (best).")
     return "\n".join(lines) + "\n"
+
+
+def launch_walls(history: list[dict]) -> dict:
+    """Wall time of nequip-train over the launches (s). A launch killed without a record (the
+    machine's session ended) has no ``wall_s``; its span up to the next launch's start bounds it.
+    Returns {"wall_s": recorded + bounds, "wall_s_recorded", "launches_unrecorded"}."""
+    recorded, bound, unrecorded = 0.0, 0.0, 0
+    for k, h in enumerate(history):
+        if h.get("wall_s") is not None:
+            recorded += float(h["wall_s"])
+        else:
+            unrecorded += 1
+            if k + 1 < len(history):
+                start = time.mktime(time.strptime(h["start"], "%Y-%m-%dT%H:%M:%S"))
+                bound += time.mktime(time.strptime(history[k + 1]["start"], "%Y-%m-%dT%H:%M:%S")) - start
+    return {"wall_s": recorded + bound, "wall_s_recorded": recorded, "launches_unrecorded": unrecorded}
 
 
 def _training_summary(run_dir: Path, record: dict) -> dict:
@@ -350,7 +369,7 @@ def _training_summary(run_dir: Path, record: dict) -> dict:
         return {}
     return {
         "epochs": max(r["epoch"] for r in curve) + 1,
-        "wall_s": float(sum(h.get("wall_s", 0.0) for h in record.get("history", []))),
+        **launch_walls(record.get("history", [])),
         "launches": len(record.get("history", [])),
         "finished": record.get("finished"),
         "val_first": val[0][1], "val_last": val[-1][1], "val_best": min(v for _, v in val),
