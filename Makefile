@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-slow world-setup gc3n4
+.PHONY: setup run run-lj test test-slow world-setup gc3n4
 
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,12 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m difftre_torch.run $(ARGS)
-
-gc3n4: $(VENV)/.installed
 	$(PY) -m recipes.gc3n4 --quick $(ARGS)
+
+gc3n4: run
+
+run-lj: $(VENV)/.installed
+	$(PY) -m difftre_torch.run $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)
