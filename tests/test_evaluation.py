@@ -12,8 +12,12 @@ from difftre_torch.evaluation import (
     EV_PER_A3_TO_GPA,
     Labels,
     error_summary,
+    frame_errors,
+    frame_errors_from_json,
+    frame_errors_json,
     frame_labels,
     intervals_overlap,
+    paired_difference,
     plane_normal,
     predict,
 )
@@ -139,3 +143,28 @@ def test_predict_matches_ase_lennard_jones():
     assert out["stress_rmse_GPa"]["value"] < 1e-8
     # ASE's unsmoothed LJ shifts the energy by the cut-off value; the de-biased error is still ~0
     assert out["energy_rmse_debiased_meV_per_atom"]["value"] < 1e-8
+
+
+def test_paired_difference_sees_a_shared_improvement_the_marginal_intervals_hide():
+    rng = np.random.default_rng(3)
+    ref = [_labels(rng, 6) for _ in range(30)]
+    scale = np.exp(rng.normal(size=30))  # frames differ a lot in how hard they are
+    noise = [rng.normal(size=(6, 3)) * s for s in scale]
+    a = [Labels(r.energy, r.forces + n, r.stress, r.normal) for r, n in zip(ref, noise)]
+    b = [Labels(r.energy, r.forces + 0.97 * n, r.stress, r.normal) for r, n in zip(ref, noise)]
+    ea, eb = frame_errors(a, ref), frame_errors(b, ref)
+    ma, mb = error_summary(a, ref, n_boot=500), error_summary(b, ref, n_boot=500)
+    key = "forces_rmse_meV_per_A"
+    d = paired_difference(ea, eb, key, n_boot=500)
+    assert d["value"] == pytest.approx(mb[key]["value"] - ma[key]["value"])
+    assert d["value"] == pytest.approx(-0.03 * ma[key]["value"])
+    assert intervals_overlap(ma[key], mb[key])  # the marginal intervals cannot tell them apart
+    assert d["ci"][1] < 0  # the paired one can: b is better on every frame
+    same = paired_difference(ea, ea, key, n_boot=100)
+    assert same["value"] == 0.0 and same["ci"] == [0.0, 0.0]
+    back = frame_errors_from_json(frame_errors_json(ea))
+    assert paired_difference(back, eb, key, n_boot=500) == d
+    with pytest.raises(ValueError, match="same frames"):
+        paired_difference(ea, frame_errors(a[:10], ref[:10]), key)
+    with pytest.raises(ValueError, match="unknown metric"):
+        paired_difference(ea, eb, "forces")

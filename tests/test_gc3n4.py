@@ -154,6 +154,10 @@ def test_pipeline_end_to_end_then_cached(world):
     assert "R_w cut by >= 70 %" in crit and "cell112: force RMSE vs reality refined < base, intervals apart" in crit
     assert "train56: force RMSE vs reality refined < base, intervals apart" not in crit  # the training cell
     assert all(isinstance(v["holds"], bool) for v in crit.values())
+    paired = crit["cell112: force RMSE vs reality refined < base, intervals apart"]["paired_difference"]
+    f_base = summary["transfer"]["base"]["heldout"]["cell112"]["vs_reality"]["forces_rmse_meV_per_A"]["value"]
+    assert paired["value"] == pytest.approx(f["value"] - f_base)
+    assert paired["ci"][0] <= paired["value"] <= paired["ci"][1]
     assert "| R_w of total G(r), NPT |" in report["headline"]
     # the refinement trained: θ moved, and the refined checkpoint is what the steps evaluated
     refined = summary["refine"]["refined"]

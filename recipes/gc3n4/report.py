@@ -42,6 +42,17 @@ def lattice_values(comparison: dict) -> dict[str, float]:
             "spacing": float(t["spacing"]["model"][0])}
 
 
+def paired_force_difference(base: dict, refined: dict) -> dict | None:
+    """Force RMSE vs reality, refined − base, on the same frames with a paired bootstrap interval
+    (meV/Å); None when the transfer step kept no per-frame errors."""
+    from difftre_torch.evaluation import frame_errors_from_json, paired_difference
+
+    if "per_frame_vs_reality" not in base or "per_frame_vs_reality" not in refined:
+        return None
+    return paired_difference(frame_errors_from_json(base["per_frame_vs_reality"]),
+                             frame_errors_from_json(refined["per_frame_vs_reality"]), "forces_rmse_meV_per_A")
+
+
 def criteria(results: dict, structure: dict, transfer: dict, lattice: dict, train_atoms: int) -> dict:
     """The issue's checks, measured (base vs the main refined model)."""
     out = {}
@@ -60,7 +71,8 @@ def criteria(results: dict, structure: dict, transfer: dict, lattice: dict, trai
         ref = transfer["refined"]["heldout"][cell]
         fb, fr = base["vs_reality"]["forces_rmse_meV_per_A"], ref["vs_reality"]["forces_rmse_meV_per_A"]
         out[f"{cell}: force RMSE vs reality refined < base, intervals apart"] = {
-            "base": fb, "refined": fr, "holds": fr["value"] < fb["value"] and not intervals_overlap(fb, fr)}
+            "base": fb, "refined": fr, "holds": fr["value"] < fb["value"] and not intervals_overlap(fb, fr),
+            "paired_difference": paired_force_difference(base, ref)}
         eb = base["vs_reality"]["energy_rmse_debiased_meV_per_atom"]
         er = ref["vs_reality"]["energy_rmse_debiased_meV_per_atom"]
         out[f"{cell}: de-biased energy RMSE vs reality refined <= base"] = {
@@ -94,6 +106,11 @@ def headline(structure: dict, transfer: dict, lattice: dict, crit: dict) -> str:
             ci = lambda e: f"{e[key]['value']:{fmt}} [{e[key]['ci'][0]:{fmt}}, {e[key]['ci'][1]:{fmt}}]"
             rows.append((f"{cell} ({base['atoms']} atoms) vs reality: {label}", ci(base["vs_reality"]),
                          ci(ref["vs_reality"]), ""))
+        paired = paired_force_difference(base, ref)
+        if paired is not None:
+            rows.append((f"{cell}: F RMSE refined − base, paired 95 % interval (meV/Å)", "",
+                         f"{paired['value']:+.2f} [{paired['ci'][0]:+.2f}, {paired['ci'][1]:+.2f}]",
+                         "below 0: refined better on the same frames"))
     tt = crit["teacher test force RMSE rises <= 10 %"]
     rows.append(("teacher test split: F RMSE (meV/Å)", f"{tt['base']:.1f}", f"{tt['refined']:.1f}",
                  f"rise {100 * tt['rise']:+.1f} % (≤ 10 %)"))

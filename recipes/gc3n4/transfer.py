@@ -6,7 +6,9 @@
   removed, force RMSE total / in-plane / out-of-plane with the layer normal a₁ × a₂, stress
   RMSE; percentile-bootstrap 95 % intervals over frames). The offset: reality's D3 energy lies
   ~0.1 eV/atom below the teacher's, a constant the structure-only experiment cannot reveal (it
-  moves no force and no ensemble average), so the de-biased RMSE is the one to judge.
+  moves no force and no ensemble average), so the de-biased RMSE is the one to judge. The
+  per-frame error sums vs reality (``per_frame_vs_reality``) are kept, so that the report can
+  take paired base-vs-refined differences.
 * The teacher's test split (DFT-like): what refinement costs on DFT.
 * The interlayer binding curve (meV/atom vs spacing, rigid layers, relative to 8 Å;
   :func:`recipes.world.binding.binding_curve`) of each model on the structure of the shipped
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-from difftre_torch.evaluation import error_summary, frame_labels, predict
+from difftre_torch.evaluation import error_summary, frame_errors, frame_errors_json, frame_labels, predict
 from difftre_torch.potentials.ase_calculator import PotentialCalculator
 from recipes.gc3n4.config import RecipeConfig
 
@@ -32,10 +34,12 @@ def model_errors(potential, heldout: dict[str, list], teacher_test: list, n_boot
     out: dict = {"heldout": {}}
     for cell, frames in heldout.items():
         pred = predict(potential, frames)
+        reality = [frame_labels(a) for a in frames]
         out["heldout"][cell] = {
             "atoms": len(frames[0]),
-            "vs_reality": error_summary(pred, [frame_labels(a) for a in frames], n_boot=n_boot),
+            "vs_reality": error_summary(pred, reality, n_boot=n_boot),
             "vs_teacher": error_summary(pred, [frame_labels(a, "teacher") for a in frames], n_boot=n_boot),
+            "per_frame_vs_reality": frame_errors_json(frame_errors(pred, reality)),
         }
     out["teacher_test"] = error_summary(predict(potential, teacher_test),
                                         [frame_labels(a) for a in teacher_test], n_boot=n_boot)
