@@ -188,3 +188,15 @@ def test_mean_field_offset_matches_quadrature_and_cancels_on_a_uniform_gas():
     assert abs(with_offset) < 0.03 * abs(pair_only)  # ideal gas: g(r) = 1, the mean field is exact
     # the offset is a constant: forces unchanged
     assert torch.allclose(evaluate(corr, x, h, z).forces, evaluate(plain, x, h, z).forces, rtol=1e-12)
+
+
+def test_force_jacobian_times_coefficients_gives_the_forces():
+    from difftre_torch.potentials.correction import force_jacobian
+
+    atoms = _system(13)
+    corr = _correction(14)
+    x, h, z = _tensors(atoms)
+    J = force_jacobian(corr, x[0], h[0], z)
+    assert J.shape == (30, corr.coefficients.numel())
+    forces = evaluate(corr, x, h, z).forces[0].reshape(-1)
+    assert torch.allclose(J @ corr.coefficients.detach().reshape(-1), forces, rtol=1e-10, atol=1e-12)

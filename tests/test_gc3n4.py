@@ -158,6 +158,8 @@ def test_pipeline_end_to_end_then_cached(world):
     f_base = summary["transfer"]["base"]["heldout"]["cell112"]["vs_reality"]["forces_rmse_meV_per_A"]["value"]
     assert paired["value"] == pytest.approx(f["value"] - f_base)
     assert paired["ci"][0] <= paired["value"] <= paired["ci"][1]
+    ceiling = summary["transfer"]["refined"]["pair_ceiling"]["cell112"]
+    assert ceiling["ceiling_forces_rmse_meV_per_A"] <= ceiling["base_forces_rmse_meV_per_A"] + 1e-6
     assert "| R_w of total G(r), NPT |" in report["headline"]
     # the refinement trained: θ moved, and the refined checkpoint is what the steps evaluated
     refined = summary["refine"]["refined"]

@@ -203,3 +203,26 @@ def _takes_pairs(module: nn.Module) -> bool:
         return "pairs" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def force_jacobian(correction: PairCorrection, positions: torch.Tensor, cell: torch.Tensor,
+                   numbers: torch.Tensor) -> torch.Tensor:
+    """∂F/∂c of one snapshot: the forces (eV/Å) of each pair coefficient at value 1, [N·3, channels·K].
+
+    The pair terms are linear in c, so F_ΔU = J c (the shifts move no force). positions [N, 3] Å,
+    cell [3, 3] Å rows. Leaves the correction's coefficients unchanged."""
+    x = positions.detach()[None].to(correction.coefficients.dtype).requires_grad_(True)
+    h = cell.detach()[None].to(x.dtype)
+    pairs = neighbor_pairs(x, h, correction.cutoff_A, full=False)
+    species = correction.species_of(numbers)
+    r = pair_vectors(x, h, pairs).norm(dim=-1)
+    basis = gaussian_basis(r, correction.centers, correction.spec.width_A, correction.cutoff_A)  # [P, K]
+    channel = correction.channel[species[pairs.i], species[pairs.j]]
+    n_channels, K = correction.coefficients.shape
+    columns = []
+    for t in range(n_channels):
+        mine = (channel == t).to(basis.dtype)[:, None]
+        for k in range(K):
+            (g,) = torch.autograd.grad((basis[:, k] * mine[:, 0]).sum(), x, retain_graph=True)
+            columns.append(-g[0].reshape(-1))
+    return torch.stack(columns, dim=1)

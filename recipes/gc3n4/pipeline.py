@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from difftre_torch.checkpoint import atomic_write_json
+from difftre_torch.potentials.correction import CorrectedPotential
 from recipes.gc3n4 import config as config_mod
 from recipes.gc3n4.config import RecipeConfig
 from recipes.gc3n4.inputs import (
@@ -113,7 +114,13 @@ class Pipeline:
             heldout = read_heldout(cfg.path("heldout"))
             test = read_frames(cfg.path("teacher_test"), "teacher test frames", "python -m recipes.world.dataset")
             reference = binding_reference(cfg)
-            return {name: transfer(cfg, load(), heldout, test, reference) for name, load in models.items()}
+            out = {name: transfer(cfg, load(), heldout, test, reference) for name, load in models.items()}
+            refined = models["refined"]() if "refined" in models else None
+            if isinstance(refined, CorrectedPotential):
+                from recipes.gc3n4.ceiling import pair_ceiling
+
+                out["refined"]["pair_ceiling"] = pair_ceiling(refined.base, refined.correction, heldout)
+            return out
 
         results["transfer"] = self._cached("transfer", run_transfer)
         results["binding_reference"] = binding_reference(cfg)

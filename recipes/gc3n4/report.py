@@ -106,6 +106,12 @@ def headline(structure: dict, transfer: dict, lattice: dict, crit: dict) -> str:
             ci = lambda e: f"{e[key]['value']:{fmt}} [{e[key]['ci'][0]:{fmt}}, {e[key]['ci'][1]:{fmt}}]"
             rows.append((f"{cell} ({base['atoms']} atoms) vs reality: {label}", ci(base["vs_reality"]),
                          ci(ref["vs_reality"]), ""))
+        ceiling = (transfer["refined"].get("pair_ceiling") or {}).get(cell)
+        if ceiling is not None:
+            rows.append((f"{cell}: F RMSE with the best pair correction fitted to reality's forces "
+                         f"(a ceiling; {ceiling['frames']} odd frames)", f"{ceiling['base_forces_rmse_meV_per_A']:.1f}",
+                         f"{ceiling['ceiling_forces_rmse_meV_per_A']:.1f}",
+                         f"D3 force RMS {ceiling['d3_forces_rms_meV_per_A']:.1f}"))
         paired = paired_force_difference(base, ref)
         if paired is not None:
             rows.append((f"{cell}: F RMSE refined − base, paired 95 % interval (meV/Å)", "",

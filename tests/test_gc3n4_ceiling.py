@@ -1,0 +1,48 @@
+"""The pair-correction ceiling recovers a correction that lies within its form."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from difftre_torch.potentials import LennardJones, evaluate
+from difftre_torch.potentials.correction import PairCorrection, PairCorrectionSpec
+from recipes.gc3n4.ceiling import pair_ceiling
+
+SPEC = PairCorrectionSpec(species=[6, 7], cutoff_A=4.5, centers_A=[2.0, 3.0, 4.0], width_A=0.7)
+
+
+def _frames(base, truth, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = Atoms(numbers=[6, 7] * 6, scaled_positions=rng.random((12, 3)), cell=np.diag([5.5, 5.8, 6.1]),
+                      pbc=True)
+        x, h, z = (torch.tensor(atoms.positions[None]), torch.tensor(atoms.cell.array[None]),
+                   torch.tensor(atoms.numbers))
+        teacher = evaluate(base, x, h, z).forces[0].numpy()
+        extra = evaluate(truth, x, h, z).forces[0].numpy()
+        atoms.arrays["teacher_forces"] = teacher
+        atoms.info["teacher_energy"] = 0.0
+        atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=teacher + extra)
+        frames.append(atoms)
+    return frames
+
+
+def test_ceiling_recovers_a_correction_of_its_own_form():
+    base = LennardJones(sigma_A=1.6, epsilon_eV=0.005, cutoff_A=4.0)
+    truth = PairCorrection(SPEC, dtype=torch.float64)
+    with torch.no_grad():
+        truth.coefficients.copy_(torch.tensor([[-0.02, 0.01, -0.005], [0.015, -0.01, 0.002], [0.0, -0.02, 0.01]],
+                                              dtype=torch.float64))
+    heldout = {"small": _frames(base, truth, seed=1), "other": _frames(base, truth, seed=2)}
+    out = pair_ceiling(base, PairCorrection(SPEC, dtype=torch.float64), heldout)
+    assert out["fit_frames"] == 6
+    assert np.allclose(out["coefficients_eV"], truth.coefficients.detach().numpy().ravel(), atol=1e-8)
+    for cell in heldout:
+        assert out[cell]["frames"] == 3
+        assert out[cell]["ceiling_forces_rmse_meV_per_A"] == pytest.approx(0.0, abs=1e-6)
+        # the base misses exactly the correction's forces, which are the reality − teacher difference
+        assert out[cell]["base_forces_rmse_meV_per_A"] == pytest.approx(out[cell]["d3_forces_rms_meV_per_A"])
+        assert out[cell]["base_forces_rmse_meV_per_A"] > 1.0
