@@ -173,3 +173,20 @@ def test_pipeline_end_to_end_then_cached(world):
     again = Pipeline(world, log=logs.append).run()
     assert sum("done before" in line for line in logs) == 4
     assert again["headline"] == report["headline"]
+
+
+def test_force_findings_say_what_the_numbers_say():
+    from recipes.gc3n4.report import force_findings
+
+    name = "cell252: force RMSE vs reality refined < base, intervals apart"
+    check = {"holds": False, "base": {"value": 74.0, "ci": [73.0, 75.0]}, "refined": {"value": 73.5, "ci": [72.5, 74.5]},
+             "paired_difference": {"value": -0.5, "ci": [-0.7, -0.3]}}
+    transfer = {"refined": {"pair_ceiling": {"cell252": {"frames": 15, "base_forces_rmse_meV_per_A": 74.1,
+                                                         "ceiling_forces_rmse_meV_per_A": 65.8}}}}
+    text = "\n".join(force_findings({name: check}, transfer))
+    assert "74.0 → 73.5" in text and "intervals overlap" in text
+    assert "-0.50 [-0.70, -0.30]" in text and "better on the same frames" in text
+    assert "65.8 meV/Å from the base's 74.1" in text
+    check["paired_difference"] = {"value": 0.1, "ci": [-0.1, 0.3]}
+    assert "no change is resolved" in "\n".join(force_findings({name: check}, {"refined": {}}))
+    assert force_findings({name: {**check, "holds": True}}, transfer) == []

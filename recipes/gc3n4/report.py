@@ -84,6 +84,35 @@ def criteria(results: dict, structure: dict, transfer: dict, lattice: dict, trai
     return out
 
 
+def force_findings(crit: dict, transfer: dict) -> list[str]:
+    """Markdown lines that say, from the measured numbers, why a larger cell's force check fails:
+    the paired difference on the same frames, and the ceiling of the correction's form."""
+    lines = []
+    for name, check in crit.items():
+        if not name.endswith("force RMSE vs reality refined < base, intervals apart") or check["holds"]:
+            continue
+        cell = name.split(":")[0]
+        apart = not intervals_overlap(check["base"], check["refined"])
+        text = (f"- {cell}: force RMSE vs reality {check['base']['value']:.1f} → {check['refined']['value']:.1f} "
+                f"meV/Å; the marginal intervals {'are apart' if apart else 'overlap'}.")
+        paired = check.get("paired_difference")
+        if paired is not None:
+            verdict = ("so the refined model is better on the same frames" if paired["ci"][1] < 0 else
+                       "so the refined model is worse on the same frames" if paired["ci"][0] > 0 else
+                       "an interval that includes 0, so no change is resolved")
+            text += (f" On the same frames the change is {paired['value']:+.2f} "
+                     f"[{paired['ci'][0]:+.2f}, {paired['ci'][1]:+.2f}] meV/Å, {verdict}.")
+        ceiling = (transfer["refined"].get("pair_ceiling") or {}).get(cell)
+        if ceiling is not None:
+            text += (f" The pair correction fitted straight to reality's forces would reach "
+                     f"{ceiling['ceiling_forces_rmse_meV_per_A']:.1f} meV/Å from the base's "
+                     f"{ceiling['base_forces_rmse_meV_per_A']:.1f} (odd frames). That is the most this form "
+                     "can give. The experiment determines only the part of it that moves the structure "
+                     "it measures.")
+        lines.append(text)
+    return (["Why the force checks fail (measured):", "", *lines, ""] if lines else [])
+
+
 def headline(structure: dict, transfer: dict, lattice: dict, crit: dict) -> str:
     """The table printed at the end of the run (markdown)."""
     b, r = structure["base"], structure["refined"]
@@ -305,6 +334,7 @@ def write_report(results: dict, out: Path, config) -> dict:
         "",
         table,
         "",
+        *force_findings(crit, transfer),
         "## Structure against experiment",
         "",
         "R_w = sqrt(Σ w (G_exp − G_model)² / Σ w G_exp²), w = 1/σ_exp²; χ²/bin with the experiment's "
