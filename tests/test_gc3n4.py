@@ -190,3 +190,24 @@ def test_force_findings_say_what_the_numbers_say():
     check["paired_difference"] = {"value": 0.1, "ci": [-0.1, 0.3]}
     assert "no change is resolved" in "\n".join(force_findings({name: check}, {"refined": {}}))
     assert force_findings({name: {**check, "holds": True}}, transfer) == []
+
+
+def test_an_output_folder_made_from_other_inputs_is_refused(tmp_path):
+    from recipes.gc3n4.pipeline import check_inputs, clear_outputs, input_fingerprint
+
+    data = tmp_path / "exp"
+    data.mkdir()
+    (data / "neutron.gr").write_text("1 2 3\n")
+    config = config_mod.load(quick=True, overrides={"paths": {"experiment": str(data), "out": str(tmp_path / "out")}})
+    out = tmp_path / "out"
+    out.mkdir()
+    check_inputs(out, input_fingerprint(config))
+    check_inputs(out, input_fingerprint(config))  # same inputs: fine
+    (data / "neutron.gr").write_text("1 2 4\n")
+    with pytest.raises(RuntimeError, match=r"other inputs \(changed: .*neutron.gr\).*--fresh"):
+        check_inputs(out, input_fingerprint(config))
+    other = config_mod.load(quick=True, overrides={"paths": {"experiment": str(data)}, "trainer": {"updates": 3}})
+    clear_outputs(out)
+    check_inputs(out, input_fingerprint(config))
+    with pytest.raises(RuntimeError, match=r"changed: config"):
+        check_inputs(out, input_fingerprint(other))

@@ -1,4 +1,4 @@
-"""``python -m recipes.gc3n4 [--config FILE] [--quick] [--out DIR] [--threads N] [--redo STEP ...]``
+"""``python -m recipes.gc3n4 [--config FILE] [--quick] [--out DIR] [--threads N] [--redo STEP ...] [--fresh]``
 
 The user's three objectives for g-C3N4, end to end (see the package docstring):
 
@@ -12,7 +12,9 @@ The user's three objectives for g-C3N4, end to end (see the package docstring):
 
 Each step writes ``<out>/steps/<step>.json`` atomically when it finishes and is skipped when that
 file exists (``--redo STEP`` runs it again); the refinement resumes from its trainer checkpoint.
-So a killed run continues where it stopped, and a finished step is never lost.
+So a killed run continues where it stopped, and a finished step is never lost. ``<out>/inputs.json``
+records the sha256 of the settings and of every input file; a rerun whose inputs differ is
+refused (naming them) until ``--fresh`` clears the folder, so results of two experiments never mix.
 """
 
 from __future__ import annotations
@@ -50,16 +52,66 @@ def model_key(config: RecipeConfig, lam: float) -> str:
     return "refined" if lam == float(config.refine.force_matching_weight) else f"lambda_{lam:g}"
 
 
-class Pipeline:
-    """Runs the steps in order, caching each step's JSON under ``<out>/steps``."""
+INPUT_PATHS = ("model", "structure", "experiment", "heldout", "teacher_train", "teacher_test", "binding")
 
-    def __init__(self, config: RecipeConfig, redo: tuple[str, ...] = (), log=print) -> None:
+
+def input_fingerprint(config: RecipeConfig) -> dict[str, str]:
+    """sha256 of the settings (all but ``paths.out``) and of every input file (a folder: each
+    file in it), keyed by "config" and the file's path. What an output folder was made from."""
+    import hashlib
+
+    settings = config.to_json()
+    settings["paths"] = {k: v for k, v in settings["paths"].items() if k != "out"}
+    settings.pop("source", None)
+    out = {"config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
+    for name in INPUT_PATHS:
+        path = config.path(name)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if f.exists():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def check_inputs(out: Path, fingerprint: dict[str, str]) -> None:
+    """Record ``fingerprint`` in ``<out>/inputs.json``, or refuse (naming what changed) when the
+    folder holds results made from other inputs: cached steps and a resumed refinement would
+    silently mix the two."""
+    record = out / "inputs.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+        if changed:
+            raise RuntimeError(f"{out} holds results made from other inputs (changed: {', '.join(changed)}); "
+                               "run with --fresh to delete them, or use another --out")
+        return
+    atomic_write_json(record, fingerprint)
+
+
+def clear_outputs(out: Path) -> None:
+    """Delete what the pipeline wrote into ``out`` (steps, refinements, report, inputs record)."""
+    import shutil
+
+    for name in ("steps", "refine", "report"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "inputs.json").unlink(missing_ok=True)
+
+
+class Pipeline:
+    """Runs the steps in order, caching each step's JSON under ``<out>/steps``; refuses an output
+    folder made from other inputs (:func:`check_inputs`) unless ``fresh`` clears it first."""
+
+    def __init__(self, config: RecipeConfig, redo: tuple[str, ...] = (), log=print, fresh: bool = False) -> None:
         self.config = config
         self.out = config.path("out")
         self.redo = set(redo)
         self.log = log
         self.atoms = start_cell(config)
         self.targets = experiment_targets(config)
+        if fresh:
+            clear_outputs(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        check_inputs(self.out, input_fingerprint(config))
 
     def _cached(self, step: str, run) -> dict:
         path = self.out / "steps" / f"{step}.json"
@@ -138,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output directory (default: paths.out)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--redo", nargs="*", default=(), choices=STEPS, help="steps to run again")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the output folder's earlier results first (needed after an input changed)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"paths": {"out": args.out}} if args.out else None
     config = config_mod.load(args.config, quick=args.quick, overrides=overrides)
-    Pipeline(config, tuple(args.redo)).run()
+    Pipeline(config, tuple(args.redo), fresh=args.fresh).run()
     return 0
 
 
