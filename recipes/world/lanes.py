@@ -6,7 +6,7 @@
   model (resumes from ``last.ckpt``) → its evaluation and publication (``--publish``);
 * ``measure``: two reality NPT replicas of the experiment campaign → the experiment's first
   publication → the held-out campaign and its export → PROVENANCE.md → the teacher replica and
-  the third reality replica → the experiment published again with them → PROVENANCE.md.
+  the remaining reality replicas (s103–s105) → the experiment published again with them → PROVENANCE.md.
 
 Every stage is one of the world's own commands (``python -m recipes.world.<stage>``), run as a
 subprocess in order; each resumes from its own checkpoints or is skipped when its output is
@@ -71,7 +71,7 @@ def measure_lane(runs: Path, data: Path) -> list[tuple[str, list[str], Callable[
 
     The experiment is published as soon as two reality replicas exist (so the refinement has
     data early), then the held-out campaign runs and is exported, and the teacher replica and
-    the third reality replica follow; the experiment is published again when they finish (the
+    the remaining reality replicas follow; the experiment is published again when they finish (the
     publication stage is skipped only while it already uses every finished replica).
     """
     exp = [job.name for job, _ in experiment_jobs()]

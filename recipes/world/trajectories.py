@@ -56,7 +56,7 @@ def experiment_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
     md = MDConfig(ensemble="npt", temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.01,
                   pressure_GPa=ONE_BAR_GPA, barostat_tau_fs=500.0)
     jobs = []
-    for calc, seeds in (("reality", (101, 102, 103)), ("teacher", (201,))):
+    for calc, seeds in (("reality", (101, 102, 103, 104, 105)), ("teacher", (201,))):
         cell = make_cell(relaxed_unit(calc, structures), "cell112")
         for seed in seeds:
             job = MDJob(name=f"npt300_{calc}_cell112_s{seed}", calculator=calc, md=md,
