@@ -9,6 +9,7 @@ on the shared 2-core machine); the binding curve's pure parts are in test_world_
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,20 @@ def test_provenance_lists_every_file_and_pending_sources(world):
     assert 10.0 < float(d3["value"]) < 80.0
     assert all(k in prov["versions"] for k in provenance.PACKAGES)
     assert prov["machine"]["cores"] >= 1
+    # the same data again: nothing but the time would change, so nothing is rewritten
+    first = provenance.write(data, world["runs"])  # without stray.dat
+    before = {n: (data / n).read_bytes() for n in ("PROVENANCE.md", "provenance.json")}
+    time.sleep(1.1)  # the record's time has a resolution of one second
+    again = provenance.write(data, world["runs"])
+    assert again["generated"] == first["generated"]
+    assert {n: (data / n).read_bytes() for n in before} == before
+    (data / "extra.dat").write_text("new\n")
+    try:
+        changed = provenance.write(data, world["runs"])
+    finally:
+        (data / "extra.dat").unlink()
+    assert any(e["path"].endswith("extra.dat") for e in changed["files"])
+    assert "extra.dat" in (data / "PROVENANCE.md").read_text()
 
 
 # ------------------------------------------------------------------------------- separation

@@ -423,11 +423,20 @@ def markdown(prov: dict) -> str:
 
 
 def write(data: str | Path, runs: str | Path | None = None) -> dict:
-    """Write ``<data>/PROVENANCE.md`` and ``<data>/provenance.json``; returns the dict."""
+    """Write ``<data>/PROVENANCE.md`` and ``<data>/provenance.json``; returns the dict. When
+    nothing but the time of writing would change, the files are left as they are (so a rerun
+    with the same data leaves the tree clean) and the existing record is returned."""
+    import json
+
     from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
 
     prov = collect(data, runs)
-    atomic_write_json(Path(data) / "provenance.json", prov)
+    record = Path(data) / "provenance.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        if {k: v for k, v in before.items() if k != "generated"} == {k: v for k, v in prov.items() if k != "generated"}:
+            return before
+    atomic_write_json(record, prov)
     atomic_write_text(Path(data) / "PROVENANCE.md", markdown(prov))
     return prov
 
