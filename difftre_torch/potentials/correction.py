@@ -130,7 +130,17 @@ class PairCorrection(nn.Module):
         self.shifts = nn.Parameter(torch.zeros(len(spec.species), dtype=dtype, device=device))
 
     def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Species index of each atom, [N]; an unknown element is an error naming it."""
+        """Species index of each atom, [N]; an unknown element is an error naming it. The answer
+        for the last ``numbers`` tensor is kept: an MD run passes the same one every step, and the
+        check for unknown elements is a device-to-host sync."""
+        cached = getattr(self, "_species_cache", None)
+        if cached is not None and cached[0] is numbers:
+            return cached[1]
+        species = self._species_index_of(numbers)
+        self._species_cache = (numbers, species)
+        return species
+
+    def _species_index_of(self, numbers: torch.Tensor) -> torch.Tensor:
         numbers = numbers.to(self.species_index.device)
         known = (numbers < self.species_index.shape[0]) & (numbers >= 0)
         index = torch.where(known, self.species_index[numbers.clamp(0, self.species_index.shape[0] - 1)], -1)
