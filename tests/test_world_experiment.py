@@ -322,3 +322,61 @@ def test_floored_sigma():
     assert floored.tolist() == pytest.approx([0.2, 1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="every σ is zero"):
         ex.floored_sigma(torch.zeros(3), 0.1)
+
+
+def _replica_functions(n_replicas: int, offset_sd: float, seed: int = 0, n_blocks: int = 10, n_bins: int = 400):
+    """Block values of one function: per replica a slow offset per bin (sd ``offset_sd``, the
+    mode slower than a block) plus block noise of sd 1."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.cat([torch.randn(1, n_bins, generator=gen, dtype=torch.float64) * offset_sd
+                        + torch.randn(n_blocks, n_bins, generator=gen, dtype=torch.float64)
+                        for _ in range(n_replicas)])
+    slices = [slice(k * n_blocks, (k + 1) * n_blocks) for k in range(n_replicas)]
+    names = [f"s{k}" for k in range(n_replicas)]
+    return names, {"g": (torch.arange(n_bins), values)}, slices, torch.ones(n_replicas * n_blocks)
+
+
+def test_held_out_check_passes_a_replica_scatter_the_birge_ratio_describes():
+    """Replica offsets of sd 0.3 against a block σ of 1/√10: raw χ² ≈ 1 + 10·0.09 ≈ 1.9 between
+    pairs; scaled by the others' Birge ratio a held-out replica comes back near 1.1-1.2."""
+    names, functions, slices, frames = _replica_functions(6, 0.3)
+    noise = ex.noise_check(names, functions, slices, 9, {})
+    raw = [pair["g"]["chi2_per_bin"] for pair in noise["pairs"].values()]
+    assert 1.5 < sum(raw) / len(raw) < 2.5
+    loo = ex.leave_one_out(names, functions, slices, frames, 9, {})
+    assert loo["expected_chi2_per_bin_if_consistent"] == pytest.approx(9 / 8)
+    assert 0.9 < loo["mean_chi2_per_bin"]["g"] < 1.5
+    for entry in loo["replicas"].values():
+        assert entry["g"]["sigma_scale"] > 1.1 and entry["g"]["n_bins"] == 400
+
+
+def test_held_out_check_flags_a_replica_outside_the_published_sigma():
+    names, functions, slices, frames = _replica_functions(5, 0.0)
+    x, values = functions["g"]
+    shifted = values.clone()
+    shifted[slices[4]] += 1.0  # 3σ of a replica mean: a registry the others never visited
+    functions = {"g": (x, shifted)}
+    check = ex.held_out_check(names, functions, slices, frames, 9, {}, ["s4"])
+    assert check["rest"] == ["s0", "s1", "s2", "s3"]
+    assert check["replicas"]["s4"]["g"]["sigma_scale"] == pytest.approx(1.0, abs=0.1)
+    assert check["replicas"]["s4"]["g"]["chi2_per_bin"] > 5.0
+    consistent = ex.held_out_check(names, functions, slices, frames, 9, {}, ["s0"])["replicas"]["s0"]["g"]
+    assert consistent["chi2_per_bin"] < 2.5  # s4 in the rest inflates σ but does not bias s0
+
+
+def test_held_out_check_errors_name_the_replicas():
+    names, functions, slices, frames = _replica_functions(3, 0.0)
+    with pytest.raises(ValueError, match="s9"):
+        ex.held_out_check(names, functions, slices, frames, 9, {}, ["s9"])
+    with pytest.raises(ValueError, match="two replicas besides"):
+        ex.held_out_check(names, functions, slices, frames, 9, {}, ["s0", "s1"])
+    assert ex.leave_one_out(names[:2], functions, slices[:2], frames[:20], 9, {}) is None
+
+
+def test_summary_reports_the_leave_one_out_check(published):
+    _, _, summary = published
+    loo = summary["held_out_check"]
+    assert set(loo["replicas"]) == {r["job"] for r in summary["replicas"]}
+    for entry in loo["replicas"].values():
+        assert math.isfinite(entry["neutron_rdf"]["chi2_per_bin"]) and entry["neutron_rdf"]["sigma_scale"] >= 1.0
+    assert loo["mean_chi2_per_bin"]["neutron_rdf"] > 0

@@ -41,6 +41,12 @@ consistent replicas, every σ of that function is multiplied by the Birge ratio
 sqrt(χ̄²/E[χ²]) (``inflate_sigma``; the summary's ``sigma_scale``), so a fit against the
 published data is not over-confident. The noise check itself always uses the raw block σ.
 
+Held-out check (``held_out_check`` in the summary): the Birge ratio is fitted to the replicas
+it scales, so it is tested on replicas it never saw. Each replica in turn is compared with the
+others' pooled mean, with σ² = s²(σ_k² + σ̄²) and s the Birge ratio of the others' pairs only
+(:func:`held_out_check`); χ²/bin near the noise check's expectation says the published σ covers a
+new replica, well above it says the scatter is still underestimated.
+
 σ floor: where a function does not fluctuate (below the closest approach at a fixed cell; in NPT
 only the density's error remains there) the block σ is 0 or tiny; an experiment never reports a
 zero error and a χ² loss would weight the bin without bound, so published
@@ -349,7 +355,7 @@ def write_published(out: Path, functions: dict, sigmas: dict, *, composition: di
 def noise_check(names: list[str], functions: dict, slices: list[slice], dof: int,
                 masks: dict[str, torch.Tensor]) -> dict | None:
     """χ²/bin of every pair of replicas for every function, each with its own block σ, over the
-    bins of ``masks[name]`` where given; the headline is the neutron g(r) of the first two.
+    bins of ``masks[name]`` where given; the headline is the neutron g(r) (else the first function) of the first two.
     None with fewer than two replicas."""
     if len(names) < 2:
         return None
@@ -360,9 +366,10 @@ def noise_check(names: list[str], functions: dict, slices: list[slice], dof: int
             pairs[f"{names[i]} vs {names[j]}"] = {
                 name: dict(zip(("chi2_per_bin", "n_bins"), chi2_per_bin(*st[i], *st[j], masks.get(name))))
                 for name, st in stats.items()}
-    first = next(iter(pairs.values()))["neutron_rdf"]
+    headline = "neutron_rdf" if "neutron_rdf" in functions else next(iter(functions))
+    first = next(iter(pairs.values()))[headline]
     return {
-        "function": "neutron_rdf",
+        "function": headline,
         "replicas": names[:2],
         **first,
         "expected_chi2_per_bin_if_consistent": dof / (dof - 1) if dof > 1 else None,
@@ -384,6 +391,62 @@ def birge_ratios(noise: dict | None) -> dict[str, float]:
         if values:
             out[name] = math.sqrt(max(1.0, sum(values) / len(values) / expected))
     return out
+
+
+def held_out_check(names: list[str], functions: dict, slices: list[slice], frames: torch.Tensor,
+                   dof: int, masks: dict[str, torch.Tensor], test: list[str]) -> dict:
+    """Test the published noise model on replicas it never saw.
+
+    The replicas not in ``test`` ("rest", at least two) are published as :func:`publish` would:
+    x̄ and block σ from their pooled blocks (weights ``frames`` [M]), σ scale s from the Birge ratio
+    of their own pairs only. Each test replica k, with its own block σ_k, then gives
+    χ²_k/bin = mean over bins of (x_k − x̄)² / (s² (σ_k² + σ̄²)) (``masks`` as in the noise check).
+    If block σ × Birge ratio describes the replica scatter, χ²_k/bin ≈ the noise check's
+    expectation ν/(ν − 1) (σ's from ν = ``dof`` block dof); it stays above that when the rest's
+    scale does not cover a new replica. Returns {"rest", "expected…", "replicas": {k: {function:
+    {chi2_per_bin, n_bins, sigma_scale}}}}."""
+    index = {name: i for i, name in enumerate(names)}
+    missing = [t for t in test if t not in index]
+    if missing:
+        raise ValueError(f"held-out replicas {missing} are not among the replicas {names}")
+    rest = [i for i, name in enumerate(names) if name not in test]
+    if len(rest) < 2:
+        raise ValueError(f"the held-out check needs two replicas besides {test}; have {len(rest)}")
+    starts = [0]
+    for i in rest:
+        starts.append(starts[-1] + slices[i].stop - slices[i].start)
+    rest_slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
+    rest_functions = {name: (x, torch.cat([v[slices[i]] for i in rest])) for name, (x, v) in functions.items()}
+    rest_frames = torch.cat([frames[slices[i]] for i in rest])
+    scales = birge_ratios(noise_check([names[i] for i in rest], rest_functions, rest_slices, dof, masks))
+    replicas = {}
+    for name_k in test:
+        own = slices[index[name_k]]
+        entry = {}
+        for name, (_, values) in functions.items():
+            mean, sem = mean_sem(rest_functions[name][1], rest_frames)
+            mean_k, sem_k = mean_sem(values[own])
+            s = scales.get(name, 1.0)
+            chi2, n = chi2_per_bin(mean_k, s * sem_k, mean, s * sem, masks.get(name))
+            entry[name] = {"chi2_per_bin": chi2, "n_bins": n, "sigma_scale": s}
+        replicas[name_k] = entry
+    return {"rest": [names[i] for i in rest],
+            "expected_chi2_per_bin_if_consistent": dof / (dof - 1) if dof > 1 else None,
+            "replicas": replicas}
+
+
+def leave_one_out(names: list[str], functions: dict, slices: list[slice], frames: torch.Tensor,
+                  dof: int, masks: dict[str, torch.Tensor]) -> dict | None:
+    """:func:`held_out_check` with each replica held out in turn, and per function the mean of
+    its χ²/bin over the held-out replicas. None with fewer than three replicas."""
+    if len(names) < 3:
+        return None
+    held = {name: held_out_check(names, functions, slices, frames, dof, masks, [name])["replicas"][name]
+            for name in names}
+    mean = {f: sum(h[f]["chi2_per_bin"] for h in held.values()) / len(held) for f in functions}
+    return {"expected_chi2_per_bin_if_consistent": dof / (dof - 1) if dof > 1 else None,
+            "mean_chi2_per_bin": mean, "replicas": held,
+            "note": "each replica against the other replicas' mean and sigma x their own Birge ratio"}
 
 
 def teacher_comparison(teacher: Replica, config: ExperimentConfig, published: dict, sigmas: dict,
@@ -456,6 +519,8 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     masks = {f"{rad}_{f}": seen for rad in RADIATIONS for f in ("rdf", "G_ideal")}
     noise = noise_check(names, functions, slices, min(len(b.frames) for b in blocks) - 1, masks)
     scales = birge_ratios(noise) if config.inflate_sigma else {}
+    dof = min(len(b.frames) for b in blocks) - 1
+    held_out = leave_one_out(names, functions, slices, pool.frames, dof, masks)
     sigmas = {name: floored_sigma(sem * scales.get(name, 1.0), config.sigma_floor_fraction)
               for name, sem in raw_sigmas.items()}
 
@@ -545,6 +610,7 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
         "lattice": {k: {"value": v["value"], "error": v["error"]} for k, v in lattice.items()},
         "noise_check": noise,
         "sigma_scale": scales,
+        "held_out_check": held_out,
         "teacher_vs_reality": teacher,
         "config": asdict(config),
         "files": sorted(str(p.relative_to(out)) for p in files + [summary_path]),
@@ -577,6 +643,8 @@ def main(argv: list[str] | None = None) -> dict:
     noise, teacher = summary["noise_check"], summary["teacher_vs_reality"]
     print(json.dumps({"lattice": summary["lattice"],
                       "replica_chi2_per_bin": noise and noise["chi2_per_bin"],
+                      "held_out_chi2_per_bin": summary["held_out_check"]
+                      and summary["held_out_check"]["mean_chi2_per_bin"]["neutron_rdf"],
                       "teacher_vs_reality": teacher and teacher["chi2_per_bin"],
                       "out": out, "wall_s": summary["wall_s"]}, indent=1), flush=True)
     return summary
