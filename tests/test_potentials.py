@@ -95,3 +95,12 @@ def test_harmonic_oscillators_energy_and_forces():
     out = evaluate(pot, pos, cell, torch.ones(5, dtype=torch.long))
     torch.testing.assert_close(out.forces, -2.5 * (pos - anchors))
     torch.testing.assert_close(out.energy, 1.25 * ((pos - anchors) ** 2).sum(dim=(1, 2)))
+
+
+def test_takes_pairs_reads_the_forward_signature():
+    from difftre_torch.potentials.base import takes_pairs
+
+    assert takes_pairs(LennardJones(sigma_A=3.4, epsilon_eV=0.01, cutoff_A=8.5))
+    assert not takes_pairs(lambda positions, cell, numbers: positions.sum())
+    assert takes_pairs(lambda positions, cell, numbers, pairs=None: positions.sum())
+    assert not takes_pairs(object())  # no signature: treated as not taking a list

@@ -21,6 +21,7 @@ pressure targets).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,15 @@ class Potential(Protocol):
     def __call__(
         self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor
     ) -> torch.Tensor: ...
+
+
+def takes_pairs(potential) -> bool:
+    """True if ``potential``'s forward accepts a precomputed neighbour list, ``pairs=``
+    (:class:`difftre_torch.neighbors.Pairs`), beside the contract's three arguments."""
+    try:
+        return "pairs" in inspect.signature(getattr(potential, "forward", potential)).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass

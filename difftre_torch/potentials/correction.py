@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from difftre_torch.neighbors import Pairs, neighbor_pairs, pair_vectors
+from difftre_torch.potentials.base import takes_pairs
 
 
 @dataclass
@@ -191,7 +192,7 @@ class CorrectedPotential(nn.Module):
         for p in base.parameters():
             p.requires_grad_(self.train_base)
         base_cut = getattr(base, "r_max_A", None) or getattr(base, "cutoff_A", None)
-        self.base_takes_pairs = base_cut is not None and _takes_pairs(base)
+        self.base_takes_pairs = base_cut is not None and takes_pairs(base)
         self.r_max_A = max(float(base_cut or 0.0), correction.cutoff_A)
 
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor,
@@ -204,15 +205,6 @@ class CorrectedPotential(nn.Module):
 
     def spec_json(self) -> dict:
         return {"correction": asdict(self.correction.spec), "train_base": self.train_base}
-
-
-def _takes_pairs(module: nn.Module) -> bool:
-    import inspect
-
-    try:
-        return "pairs" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def force_jacobian(correction: PairCorrection, positions: torch.Tensor, cell: torch.Tensor,

@@ -57,7 +57,6 @@ rewritten for a batch (no code copied).
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -75,7 +74,7 @@ from difftre_torch.neighbors import (
     verlet_list_is_stale,
 )
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
-from difftre_torch.potentials.base import Potential
+from difftre_torch.potentials.base import Potential, takes_pairs
 from difftre_torch.sampling.integrators import (
     LangevinParameters,
     LangevinState,
@@ -215,12 +214,8 @@ def pair_list_request(potential: Potential) -> tuple[float, bool] | None:
     list, any other potential gets a full one."""
     from difftre_torch.potentials.analytic import LennardJones
 
-    try:
-        parameters = inspect.signature(getattr(potential, "forward", potential)).parameters
-    except (TypeError, ValueError):
-        return None
     cutoff = getattr(potential, "cutoff_A", None) or getattr(potential, "r_max_A", None)
-    if "pairs" not in parameters or cutoff is None:
+    if not takes_pairs(potential) or cutoff is None:
         return None
     return float(cutoff), not isinstance(potential, LennardJones)
 
