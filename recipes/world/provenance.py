@@ -284,6 +284,15 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
                  + " vs ".join(f"{c:.2f}" for c in lattice_c_means(data)) + " Å)"
                  if noise else "pending: python -m recipes.world.experiment with ≥ 2 replicas finished",
                  "experiment/experiment_summary.json"))
+    held = (summary or {}).get("held_out_check")
+    rows.append(("each reality replica vs the others' mean and Birge-scaled σ, neutron g(r) χ²/bin "
+                 "(expected if σ covers it)", "≈ 1",
+                 ", ".join(f"{name.rsplit('_', 1)[-1]} {entry['neutron_rdf']['chi2_per_bin']:.2f}"
+                           for name, entry in held["replicas"].items())
+                 + f"; mean {held['mean_chi2_per_bin']['neutron_rdf']:.2f} "
+                 f"({held['expected_chi2_per_bin_if_consistent']:.3f})"
+                 if held else "pending: python -m recipes.world.experiment with ≥ 3 replicas finished",
+                 "experiment/experiment_summary.json"))
     rows += _d3_rows(data)
     binding = _load(data / "binding_curve.json")
     for who, quoted in (("teacher", "3.8–4.0 Å, 11–12 meV/atom"), ("reality", "— (≈ 46 meV/atom)")):
