@@ -380,3 +380,14 @@ def test_summary_reports_the_leave_one_out_check(published):
     for entry in loo["replicas"].values():
         assert math.isfinite(entry["neutron_rdf"]["chi2_per_bin"]) and entry["neutron_rdf"]["sigma_scale"] >= 1.0
     assert loo["mean_chi2_per_bin"]["neutron_rdf"] > 0
+
+
+def test_publish_tests_named_replicas_against_the_others(published, tmp_path):
+    runs, _, _ = published
+    summary = ex.main(["--runs", str(runs), "--out", str(tmp_path / "out"), "--quick", "--no-progress",
+                       "--held-out", "npt300_reality_cell112_s103"])
+    split = summary["held_out_check"]["split"]
+    assert split["rest"] == ["npt300_reality_cell112_s101", "npt300_reality_cell112_s102"]
+    entry = split["replicas"]["npt300_reality_cell112_s103"]["neutron_rdf"]
+    loo = summary["held_out_check"]["replicas"]["npt300_reality_cell112_s103"]["neutron_rdf"]
+    assert entry == loo  # with three replicas, holding one out is the leave-one-out entry

@@ -484,9 +484,11 @@ def _error_key(key: str) -> str:
 
 def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quick: bool = False,
             reality_pattern: str = REALITY_JOBS, teacher_pattern: str = TEACHER_JOBS,
-            progress: bool = True) -> dict:
+            progress: bool = True, held_out: list[str] | None = None) -> dict:
     """Read the finished replicas under ``runs``, write every file under ``out``; returns the
-    summary (also written as ``experiment_summary.json``)."""
+    summary (also written as ``experiment_summary.json``). ``held_out``: replica names tested
+    together against the σ the others alone would publish (summary ``held_out_check.split``),
+    e.g. replicas run after a first publication."""
     t0 = time.perf_counter()
     out = Path(out)
     jobs = find_jobs(runs, reality_pattern)
@@ -520,7 +522,10 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     noise = noise_check(names, functions, slices, min(len(b.frames) for b in blocks) - 1, masks)
     scales = birge_ratios(noise) if config.inflate_sigma else {}
     dof = min(len(b.frames) for b in blocks) - 1
-    held_out = leave_one_out(names, functions, slices, pool.frames, dof, masks)
+    held_out_summary = leave_one_out(names, functions, slices, pool.frames, dof, masks)
+    if held_out:
+        held_out_summary = {**(held_out_summary or {}),
+                            "split": held_out_check(names, functions, slices, pool.frames, dof, masks, held_out)}
     sigmas = {name: floored_sigma(sem * scales.get(name, 1.0), config.sigma_floor_fraction)
               for name, sem in raw_sigmas.items()}
 
@@ -610,7 +615,7 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
         "lattice": {k: {"value": v["value"], "error": v["error"]} for k, v in lattice.items()},
         "noise_check": noise,
         "sigma_scale": scales,
-        "held_out_check": held_out,
+        "held_out_check": held_out_summary,
         "teacher_vs_reality": teacher,
         "config": asdict(config),
         "files": sorted(str(p.relative_to(out)) for p in files + [summary_path]),
@@ -629,6 +634,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-blocks", type=int, default=None, help="time blocks per replica")
     parser.add_argument("--reality", default=REALITY_JOBS, help="glob of the reality replicas")
     parser.add_argument("--teacher", default=TEACHER_JOBS, help="glob of the teacher replica")
+    parser.add_argument("--held-out", default=None,
+                        help="comma-separated replica names to test against the others' published σ")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from recipes.world import calculators
@@ -639,12 +646,16 @@ def main(argv: list[str] | None = None) -> dict:
         config.n_blocks = args.n_blocks
     out = args.out or (str(Path(args.runs) / "experiment_quick") if args.quick else "data/world/experiment")
     summary = publish(args.runs, out, config, quick=args.quick, reality_pattern=args.reality,
-                      teacher_pattern=args.teacher, progress=not args.no_progress)
+                      teacher_pattern=args.teacher, progress=not args.no_progress,
+                      held_out=args.held_out.split(",") if args.held_out else None)
     noise, teacher = summary["noise_check"], summary["teacher_vs_reality"]
     print(json.dumps({"lattice": summary["lattice"],
                       "replica_chi2_per_bin": noise and noise["chi2_per_bin"],
                       "held_out_chi2_per_bin": summary["held_out_check"]
-                      and summary["held_out_check"]["mean_chi2_per_bin"]["neutron_rdf"],
+                      and summary["held_out_check"].get("mean_chi2_per_bin", {}).get("neutron_rdf"),
+                      "held_out_split": summary["held_out_check"]
+                      and {k: v["neutron_rdf"]["chi2_per_bin"]
+                           for k, v in summary["held_out_check"].get("split", {}).get("replicas", {}).items()},
                       "teacher_vs_reality": teacher and teacher["chi2_per_bin"],
                       "out": out, "wall_s": summary["wall_s"]}, indent=1), flush=True)
     return summary
