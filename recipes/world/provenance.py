@@ -183,6 +183,9 @@ def experiment_source(data: Path, files: list[str], runs: Path | None) -> Source
         jobs.append(teacher["job"])
     src.command = (f"{rec['generator']} --runs {rec['runs']} --out {data.as_posix()}/experiment"
                    + (" --quick" if rec.get("quick") else ""))
+    split = (rec.get("held_out_check") or {}).get("split")
+    if split:
+        src.command += " --held-out " + ",".join(split["replicas"])
     md_seeds, md_wall, src.per_job_seeds = _md_seeds([Path(rec["runs"]), runs], jobs)
     from_names = "; ".join(f"{j}: {m.group(1)}" for j in jobs if (m := re.search(r"_s(\d+)$", j)))
     src.seeds = f"MD {md_seeds or from_names}"
@@ -293,6 +296,16 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
                  f"({held['expected_chi2_per_bin_if_consistent']:.3f})"
                  if held else "pending: python -m recipes.world.experiment with ≥ 3 replicas finished",
                  "experiment/experiment_summary.json"))
+    split = (held or {}).get("split")
+    if split:
+        rows.append(("replicas run after σ was published, vs the σ of "
+                     + ", ".join(n.rsplit("_", 1)[-1] for n in split["rest"]) + " alone: neutron g(r) χ²/bin "
+                     "(expected if σ covers them)", "≈ 1",
+                     ", ".join(f"{name.rsplit('_', 1)[-1]} {entry['neutron_rdf']['chi2_per_bin']:.2f}"
+                               for name, entry in split["replicas"].items())
+                     + f" ({split['expected_chi2_per_bin_if_consistent']:.3f}); σ scale of the rest "
+                     + f"{next(iter(split['replicas'].values()))['neutron_rdf']['sigma_scale']:.2f}",
+                     "experiment/experiment_summary.json"))
     rows += _d3_rows(data)
     binding = _load(data / "binding_curve.json")
     for who, quoted in (("teacher", "3.8–4.0 Å, 11–12 meV/atom"), ("reality", "— (≈ 46 meV/atom)")):
