@@ -1,7 +1,7 @@
 """Publish the stand-in world's experiment: what diffraction and total scattering would report
 for reality's 300 K, 1 bar NPT replicas of the 112-atom g-C3N4 cell.
 
-``python -m recipes.world.experiment [--runs runs/world] [--out data/world/experiment] [--quick]``
+``python -m recipes.world.experiment [--runs runs/world] [--out data/world/experiment] [--quick] [--held-out NAME,...]``
 
 Input: the finished jobs of the ``experiment`` campaign of :mod:`recipes.world.trajectories`,
 ``<runs>/npt300_reality_cell112_s*/{frames.extxyz,done.json}`` (positions and cells, no labels);
