@@ -88,7 +88,7 @@ class Trainer:
 
     updates: int = 40
     learning_rate: float = 5e-4
-    adam_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.5])
     lr_schedule: str = "cosine"
     resample_ratio: float = 0.6
     chunk_size: int = 25
