@@ -419,12 +419,13 @@ def held_out_check(names: list[str], functions: dict, slices: list[slice], frame
     rest_functions = {name: (x, torch.cat([v[slices[i]] for i in rest])) for name, (x, v) in functions.items()}
     rest_frames = torch.cat([frames[slices[i]] for i in rest])
     scales = birge_ratios(noise_check([names[i] for i in rest], rest_functions, rest_slices, dof, masks))
+    rest_stats = {name: mean_sem(values, rest_frames) for name, (_, values) in rest_functions.items()}
     replicas = {}
     for name_k in test:
         own = slices[index[name_k]]
         entry = {}
         for name, (_, values) in functions.items():
-            mean, sem = mean_sem(rest_functions[name][1], rest_frames)
+            mean, sem = rest_stats[name]
             mean_k, sem_k = mean_sem(values[own])
             s = scales.get(name, 1.0)
             chi2, n = chi2_per_bin(mean_k, s * sem_k, mean, s * sem, masks.get(name))
@@ -519,9 +520,9 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     n_pub = published["neutron_rdf"][0].shape[0]
     seen = pool.g[:, :, :n_pub].sum(dim=(0, 1)) > 0
     masks = {f"{rad}_{f}": seen for rad in RADIATIONS for f in ("rdf", "G_ideal")}
-    noise = noise_check(names, functions, slices, min(len(b.frames) for b in blocks) - 1, masks)
-    scales = birge_ratios(noise) if config.inflate_sigma else {}
     dof = min(len(b.frames) for b in blocks) - 1
+    noise = noise_check(names, functions, slices, dof, masks)
+    scales = birge_ratios(noise) if config.inflate_sigma else {}
     held_out_summary = leave_one_out(names, functions, slices, pool.frames, dof, masks)
     if held_out:
         held_out_summary = {**(held_out_summary or {}),
