@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import load_note, measure_load, write_section
 from benchmarks.sampling import __doc__ as DOC
 from benchmarks.sampling.models import compile_model, load_model
-from benchmarks.sampling.report import SECTION, section
+from benchmarks.sampling.report import section, title
 from benchmarks.sampling.timing import measure_system
 
 
@@ -70,8 +70,8 @@ def main(argv=None) -> None:
     notes.append(f"Whole run {time.perf_counter() - started:.0f} s. {args.notes}")
     text = section(blocks, args, device, [n.strip() for n in notes if n.strip()])
     print("\n" + text)
-    write_section(args.out, text, SECTION)
-    print(f"wrote the '{SECTION}' section of {args.out}")
+    write_section(args.out, text, title(device))
+    print(f"wrote the '{title(device)}' section of {args.out}")
 
 
 if __name__ == "__main__":

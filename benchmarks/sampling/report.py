@@ -13,6 +13,12 @@ from benchmarks.common import versions as common_versions
 SECTION = "## sampling"
 
 
+def title(device: torch.device) -> str:
+    """The section's heading: ``## sampling`` for CPU runs, ``## sampling on CUDA`` for GPU runs, so
+    that one RESULTS.md keeps both."""
+    return SECTION if device.type == "cpu" else f"{SECTION} on {device.type.upper()}"
+
+
 def versions() -> str:
     """"torch X, nequip Y, …, ase Z, numpy W" for the header."""
     return common_versions(("nequip", "e3nn", "vesin-torch", "ase", "numpy"))
@@ -75,7 +81,7 @@ def verdict(rows: list[dict], device: torch.device) -> str:
 def section(blocks: list[tuple[str, list[dict]]], args, device: torch.device, notes: list[str]) -> str:
     """The ``## sampling`` section: header, then one table and verdict per (model text, rows)."""
     header = textwrap.dedent(f"""\
-        {SECTION}
+        {title(device)}
 
         MD throughput in NVT at one state point: AseSampler (ASE `Langevin`, one replica) against
         BatchedSampler (R replicas as one batch; BAOAB, Verlet list with 1 Å skin, blow-up checks

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.common import load_note, measure_load, nequip_fallback, write_section
 from benchmarks.update import __doc__ as DOC
-from benchmarks.update.report import SECTION, section
+from benchmarks.update.report import section, title
 from benchmarks.update.systems import train_tiny_nequip
 from benchmarks.update.workers import measure, measure_memory, measure_time
 
@@ -101,8 +101,8 @@ def main(argv=None) -> None:
                  "graph and the O(N) energies, weights and cotangents. " + args.notes)
     text = section(rows, args, model_text, device, [n.strip() for n in notes if n.strip()])
     print("\n" + text)
-    write_section(args.out, text, SECTION)
-    print(f"wrote the '{SECTION}' section of {args.out}")
+    write_section(args.out, text, title(device))
+    print(f"wrote the '{title(device)}' section of {args.out}")
 
 
 if __name__ == "__main__":

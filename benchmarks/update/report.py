@@ -12,6 +12,12 @@ from benchmarks.common import command_line, machine_description, now_text, versi
 SECTION = "## update"
 
 
+def title(device: torch.device) -> str:
+    """The section's heading: ``## update`` for CPU runs, ``## update on CUDA`` for GPU runs, so
+    that one RESULTS.md keeps both."""
+    return SECTION if device.type == "cpu" else f"{SECTION} on {device.type.upper()}"
+
+
 def _growth(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None or reference <= 0:
         return None
@@ -67,7 +73,7 @@ def verdict(rows: list[dict]) -> str:
 
 def section(rows: list[dict], args, model_text: str, device: torch.device, notes: list[str]) -> str:
     header = textwrap.dedent(f"""\
-        {SECTION}
+        {title(device)}
 
         One DiffTRe update (`difftre_gradient`, reweighted RDF loss, chunk size {args.chunk_size})
         against one plain forward+backward pass over the same N snapshots (same chunks), and the

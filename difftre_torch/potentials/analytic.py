@@ -84,7 +84,8 @@ class HarmonicOscillators(nn.Module):
         super().__init__()
         anchors = torch.as_tensor(anchors_A)
         self.register_buffer("anchors", anchors.clone())
-        self.stiffness = nn.Parameter(torch.tensor(float(stiffness_eV_A2), dtype=anchors.dtype))
+        self.stiffness = nn.Parameter(torch.tensor(float(stiffness_eV_A2), dtype=anchors.dtype,
+                                                   device=anchors.device))
 
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         displacement = positions - self.anchors
