@@ -1,4 +1,5 @@
-"""Atomic writes: a crash never leaves a half-written checkpoint or result.
+"""Atomic writes: a crash never leaves a half-written checkpoint or result. And a run lock: two
+processes never write one run's checkpoint.
 
 Every file is written to a temporary name in the same directory, flushed to disk, then renamed
 over the target with ``os.replace`` (atomic on POSIX and Windows for one filesystem).
@@ -6,9 +7,11 @@ over the target with ``os.replace`` (atomic on POSIX and Windows for one filesys
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -60,3 +63,50 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     Only load checkpoints you wrote: they are pickles.
     """
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike):
+    """Hold ``<directory>/run.lock`` (this host and pid) while the block runs; removed after it.
+
+    A lock left by a process that no longer runs on this host (killed, machine rebooted) is
+    taken over; one held by a live process, or by another host, is an error naming it: two
+    processes resuming the same checkpoint would overwrite each other's updates.
+    """
+    path = Path(directory) / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                raise RuntimeError(f"{path}: unreadable run lock; delete it if no process runs in "
+                                   f"{path.parent}") from None
+            if host == me["host"] and not _process_alive(pid):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise RuntimeError(f"{path.parent} is in use by process {pid} on {host} (lock file {path}); "
+                               "wait for it to finish, or delete the lock if that process is gone") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        break
+    else:
+        raise RuntimeError(f"{path}: could not take the run lock")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

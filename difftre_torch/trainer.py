@@ -39,7 +39,13 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from difftre_torch.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from difftre_torch.checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    run_lock,
+)
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
 from difftre_torch.gradient import difftre_gradient, reweight
@@ -351,11 +357,15 @@ class DiffTReTrainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Run updates until ``config.updates``; with ``resume`` continue from the checkpoint.
-        Returns the summary (also written to ``summary.json``)."""
+        Returns the summary (also written to ``summary.json``). Holds ``run.lock`` in the output
+        directory meanwhile (:func:`~difftre_torch.checkpoint.run_lock`)."""
+        with run_lock(self.out_dir):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
         elif self.checkpoint_path.exists() and not resume:

@@ -135,8 +135,17 @@ def test_missing_inputs_name_the_producer(tmp_path):
 
 
 def test_pipeline_end_to_end_then_cached(world):
+    """The whole pipeline; λ = 0 of the scan refined first on its own (``--lambda``, as a second
+    process would), which the main run then finds done; then every step again from its cache."""
     logs = []
+    side = Pipeline(world, log=logs.append)
+    with pytest.raises(ValueError, match=r"--lambda 5: not one of this config's force-matching weights \['10', '0'\]"):
+        side.refine_one(5.0)
+    alone = side.refine_one(0.0)
+    done = Path(alone["dir"]) / "refine_result.json"
+    stamp = done.stat().st_mtime_ns
     report = Pipeline(world, log=logs.append).run()
+    assert done.stat().st_mtime_ns == stamp  # not refined twice
     out = Path(world.paths.out)
     for name in ("REPORT.md", "summary.json", "G_overlay.png", "lattice.png", "training.png", "binding.png",
                  "errors_vs_size.png", "lambda_scan.png"):
@@ -164,6 +173,7 @@ def test_pipeline_end_to_end_then_cached(world):
     # the refinement trained: θ moved, and the refined checkpoint is what the steps evaluated
     refined = summary["refine"]["refined"]
     assert Path(refined["model"]).exists() and refined["lambda"] == 10.0
+    assert summary["refine"]["lambda_0"]["model"] == alone["model"]
     assert (Path(refined["dir"]) / "checkpoint.pt").exists()
     assert (Path(refined["dir"]) / "tensorboard").is_dir()
     md = (out / "report" / "REPORT.md").read_text()

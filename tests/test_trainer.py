@@ -234,9 +234,15 @@ def test_existing_checkpoint_needs_resume(tmp_path):
                                                        final_sample=False),
                                   out_dir=tmp_path)
     make().fit()
+    assert not (tmp_path / "run.lock").exists()
     with pytest.raises(FileExistsError, match="resume"):
         make().fit()
     assert make().fit(resume=True)["updates"] == 1
+    from difftre_torch.checkpoint import run_lock
+
+    with run_lock(tmp_path):  # another process resuming the same run
+        with pytest.raises(RuntimeError, match="in use by process"):
+            make().fit(resume=True)
 
 
 def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequip_checkpoint, tmp_path):

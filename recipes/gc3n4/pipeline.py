@@ -1,4 +1,4 @@
-"""``python -m recipes.gc3n4 [--config FILE] [--quick] [--out DIR] [--threads N] [--redo STEP ...] [--fresh]``
+"""``python -m recipes.gc3n4 [--config FILE] [--quick] [--out DIR] [--threads N] [--redo STEP ...] [--fresh] [--lambda LAM]``
 
 The user's three objectives for g-C3N4, end to end (see the package docstring):
 
@@ -15,6 +15,8 @@ file exists (``--redo STEP`` runs it again); the refinement resumes from its tra
 So a killed run continues where it stopped, and a finished step is never lost. ``<out>/inputs.json``
 records the sha256 of the settings and of every input file; a rerun whose inputs differ is
 refused (naming them) until ``--fresh`` clears the folder, so results of two experiments never mix.
+``--lambda LAM`` runs only the refinement with that λ: started beside the main run (another
+core, another GPU), it finishes a λ of the scan that the main run then finds done.
 """
 
 from __future__ import annotations
@@ -133,6 +135,30 @@ class Pipeline:
             out[key] = lambda path=entry["model"]: load_model(self.config, Path(path))
         return out
 
+    def teacher_frames(self, lams: list[float]):
+        """The DFT-like training frames for force matching, or None when no λ > 0 needs them."""
+        from difftre_torch.force_matching import ReferenceFrames
+
+        if not any(lam > 0 for lam in lams):
+            return None
+        path = self.config.path("teacher_train")
+        return ReferenceFrames.from_atoms(
+            read_frames(path, "teacher training frames", "python -m recipes.world.dataset"), source=str(path))
+
+    def refine_one(self, lam: float) -> dict:
+        """Only the refinement with force-matching weight ``lam`` (one of the config's λ), so a
+        scan's λ can run in another process beside the main run; the main run finds its result
+        and skips it. Two processes never train one λ: the trainer holds a run lock."""
+        from recipes.gc3n4.refine import refine
+
+        if float(lam) not in lambdas(self.config):
+            raise ValueError(f"--lambda {lam:g}: not one of this config's force-matching weights "
+                             f"{[f'{x:g}' for x in lambdas(self.config)]} (refine.force_matching_weight, "
+                             "refine.lambda_scan)")
+        result = refine(self.config, self.atoms, self.targets, self.teacher_frames([lam]), float(lam))
+        self.log(f"[gc3n4] refine λ={lam:g}: done in {result['dir']}")
+        return result
+
     def run(self) -> dict:
         from recipes.gc3n4.refine import refine
         from recipes.gc3n4.report import write_report
@@ -145,13 +171,7 @@ class Pipeline:
             "structure_base", lambda: {"base": compare_model(cfg, load_model(cfg), self.atoms, self.targets)})
 
         def run_refine() -> dict:
-            from difftre_torch.force_matching import ReferenceFrames
-
-            frames = None
-            if any(lam > 0 for lam in lambdas(cfg)):
-                path = cfg.path("teacher_train")
-                frames = ReferenceFrames.from_atoms(
-                    read_frames(path, "teacher training frames", "python -m recipes.world.dataset"), source=str(path))
+            frames = self.teacher_frames(lambdas(cfg))
             return {model_key(cfg, lam): refine(cfg, self.atoms, self.targets, frames, lam) for lam in lambdas(cfg)}
 
         results["refine"] = self._cached("refine", run_refine)
@@ -192,12 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo", nargs="*", default=(), choices=STEPS, help="steps to run again")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the output folder's earlier results first (needed after an input changed)")
+    parser.add_argument("--lambda", dest="lam", type=float, default=None, metavar="LAM",
+                        help="only the refinement with this force-matching weight (one of the config's), "
+                             "then stop: runs a λ of the scan in a second process beside the main run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"paths": {"out": args.out}} if args.out else None
     config = config_mod.load(args.config, quick=args.quick, overrides=overrides)
-    Pipeline(config, tuple(args.redo), fresh=args.fresh).run()
+    pipeline = Pipeline(config, tuple(args.redo), fresh=args.fresh)
+    if args.lam is not None:
+        pipeline.refine_one(args.lam)
+    else:
+        pipeline.run()
     return 0
 
 
