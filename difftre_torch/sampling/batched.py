@@ -22,10 +22,10 @@ replica. Physics (units ASE's: Å, eV, fs at the interface, K, GPa; cells as row
   a fixed cell: an atom moved more than half the skin). Other potentials are called as they
   are. The one host round trip per step is 2R booleans (state finite, list stale), needed to
   decide which lists vesin rebuilds;
-* noise: one ``torch.Generator`` per replica, seeded from (seed, state point, replica), drawn
+* noise (:mod:`difftre_torch.sampling.noise`): one ``torch.Generator`` per replica, seeded from (seed, state point, replica), drawn
   ``noise_block_steps`` steps at a time; a replica's trajectory does not depend on which other
   replicas share its batch;
-* blow-ups, per replica, every ``check_every`` steps: non-finite values, two atoms closer than
+* blow-ups (:mod:`difftre_torch.sampling.blowups`), per replica, every ``check_every`` steps: non-finite values, two atoms closer than
   ``min_distance_A``, volume outside the allowed ratio. That replica's frames since its last
   good check are dropped, it restarts from that state with the noise stream moved on (new noise),
   the event goes to ``blow_ups`` and a warning; the others carry on, and finished replicas wait
@@ -68,7 +68,6 @@ from ase import Atoms, units
 from difftre_torch.neighbors import (
     VerletList,
     det3,
-    pair_vectors,
     refresh_verlet_list,
     verlet_list,
     verlet_list_is_stale,
@@ -86,6 +85,8 @@ from difftre_torch.sampling.integrators import (
     kinetic_temperature_K,
     maxwell_boltzmann_momenta,
 )
+from difftre_torch.sampling.blowups import blow_up_reasons
+from difftre_torch.sampling.noise import ReplicaNoise, replica_seed
 from difftre_torch.sampling.sampler import RawSamples, SamplerConfig, StatePoint
 
 
@@ -106,106 +107,6 @@ class BatchedSamplerConfig(SamplerConfig):
     def __post_init__(self) -> None:
         if self.skin_A < 0 or self.noise_block_steps < 1:
             raise ValueError("BatchedSamplerConfig: skin_A >= 0 and noise_block_steps >= 1 are required")
-
-
-def replica_seed(seed: int, point: int, replica: int) -> int:
-    """The seed of one replica's generator: from NumPy's SeedSequence([seed, point, replica])."""
-    return int(np.random.SeedSequence([seed, point, replica]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-class ReplicaNoise:
-    """Independent streams of standard normal numbers, one ``torch.Generator`` per replica.
-
-    ``next()`` gives [R, width] (one step); numbers are drawn ``block_steps`` steps at a time,
-    [block_steps, width] per replica. The state (generator states before the current block, and
-    the position in it) restores the streams exactly.
-    """
-
-    def __init__(self, seeds: list[int], width: int, block_steps: int, device, dtype) -> None:
-        self.width, self.block_steps = int(width), int(block_steps)
-        self.device, self.dtype = torch.device(device), dtype
-        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        self.block_states = [g.get_state() for g in self.generators]
-        self.buffer: torch.Tensor | None = None
-        self.position = self.block_steps  # empty: the next call draws a block
-
-    def direct(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """[R, *shape] drawn straight from each stream (initial momenta); only between blocks."""
-        if self.position != self.block_steps:
-            raise RuntimeError("ReplicaNoise.direct: only allowed before the first block is drawn")
-        out = torch.stack([torch.randn(shape, generator=g, device=self.device, dtype=self.dtype)
-                           for g in self.generators])
-        self.block_states = [g.get_state() for g in self.generators]
-        return out
-
-    def _draw_block(self) -> None:
-        self.block_states = [g.get_state() for g in self.generators]
-        self.buffer = torch.stack([
-            torch.randn(self.block_steps, self.width, generator=g, device=self.device, dtype=self.dtype)
-            for g in self.generators], dim=1)  # [block_steps, R, width]
-        self.position = 0
-
-    def next(self) -> torch.Tensor:
-        if self.position >= self.block_steps:
-            self._draw_block()
-        out = self.buffer[self.position]
-        self.position += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"block_states": [s.clone() for s in self.block_states], "position": self.position,
-                "device_type": self.device.type}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["device_type"] != self.device.type:
-            raise ValueError(f"ReplicaNoise: the saved generators are {state['device_type']} generators; "
-                             f"this sampler runs on {self.device.type} (restore on the same device type)")
-        for g, s in zip(self.generators, state["block_states"], strict=True):
-            g.set_state(s)
-        if state["position"] < self.block_steps:
-            self._draw_block()  # the same numbers again, generators advanced past them
-        else:
-            self.buffer = None
-        self.position = int(state["position"])
-
-
-def blow_up_reasons(
-    state: LangevinState,
-    reference_volume_A3: float,
-    min_distance_A: float,
-    max_volume_ratio: float,
-    verlet: VerletList | None,
-) -> list[str | None]:
-    """Why each replica's state is unphysical, or None where it looks healthy, [R] (one host sync).
-
-    Checks, as :func:`~difftre_torch.sampling.ase_md.blow_up_reason`: non-finite positions,
-    momenta or cell; volume outside [V₀/r, V₀·r]; two atoms closer than ``min_distance_A``
-    (from ``verlet``, which must be valid at ``state``'s positions and reach that distance).
-    """
-    x, p, h = state.positions, state.momenta, state.cells
-    finite = (torch.isfinite(x).flatten(1).all(1) & torch.isfinite(p).flatten(1).all(1)
-              & torch.isfinite(h).flatten(1).all(1))
-    volume = det3(torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device)))
-    ratio = volume.abs() / reference_volume_A3
-    closest = torch.full_like(ratio, float("inf"))
-    if verlet is not None and min_distance_A > 0 and len(verlet.pairs):
-        pairs = verlet.pairs
-        safe_x = torch.where(finite[:, None, None], x, torch.zeros_like(x))
-        safe_h = torch.where(finite[:, None, None], h, torch.eye(3, dtype=h.dtype, device=h.device).expand_as(h))
-        r = pair_vectors(safe_x, safe_h, pairs).norm(dim=-1)
-        closest = closest.scatter_reduce(0, pairs.batch, r, reduce="amin")
-    finite, ratio, closest = finite.tolist(), ratio.tolist(), closest.tolist()
-    reasons: list[str | None] = []
-    for ok, v, d in zip(finite, ratio, closest):
-        if not ok:
-            reasons.append("non-finite positions, momenta or cell")
-        elif not (1.0 / max_volume_ratio <= v <= max_volume_ratio):
-            reasons.append(f"cell volume is {v:.2f}× the reference")
-        elif d < min_distance_A:
-            reasons.append(f"two atoms {d:.3f} Å apart, closer than {min_distance_A} Å")
-        else:
-            reasons.append(None)
-    return reasons
 
 
 def pair_list_request(potential: Potential) -> tuple[float, bool] | None:
