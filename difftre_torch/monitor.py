@@ -96,8 +96,7 @@ def log_line(record: Mapping) -> str:
     n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record["n_eff_ratio"].items())
     return (f"update {record['update']:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
             f"|g|={record['grad_norm']:.3g}  lr={record['lr']:.3g}"
-            + (f"  step×{record['step_scale']:.3g}" if record.get("step_scale", 1.0) != 1.0 else "")
-            + f"{'  resampled' if record['resampled'] else ''}")
+            f"{'  resampled' if record['resampled'] else ''}")
 
 
 class Monitor:
@@ -120,10 +119,6 @@ class Monitor:
             add(f"reweight/n_eff/{name}", value, step)
             add(f"reweight/n_eff_ratio/{name}", record["n_eff_ratio"][name], step)
         add("reweight/resampled", float(record["resampled"]), step)
-        if "step_scale" in record:
-            add("reweight/step_scale", record["step_scale"], step)
-            for name, value in record["n_eff_ratio_after"].items():
-                add(f"reweight/n_eff_ratio_after_step/{name}", value, step)
         add("grad/norm", record["grad_norm"], step)
         add("lr", record["lr"], step)
         for key, value in record["time"].items():

@@ -76,12 +76,6 @@ class TrainerConfig:
     L_FM (0: off); fm_energy_weight, fm_force_weight: w_E, w_F inside L_FM; fm_batch_frames:
     frames per update. figure_every: target figures to TensorBoard every so many updates.
     final_sample: sample once more with the refined model for the final comparison.
-    trust_n_eff_ratio: a trust region measured by the cached snapshots (None: off). One step
-    may keep no less than this fraction of the effective sample: N_eff(θ_new) ≥ ratio ·
-    N_eff(θ_old) at every state point, else the step θ_new − θ_old is halved, at most
-    ``max_step_halvings`` times. It bounds how far one update moves the ensemble to what the
-    snapshots can see (in a harmonic well of spread s, from uniform weights, the mean may move
-    about s·√(−ln ratio)); resampling still happens at ``resample_ratio``.
     """
 
     updates: int = 30
@@ -102,8 +96,6 @@ class TrainerConfig:
     progress: bool = True
     final_sample: bool = True
     seed: int = 0
-    trust_n_eff_ratio: float | None = None
-    max_step_halvings: int = 6
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "exponential", "cosine"):
@@ -115,10 +107,6 @@ class TrainerConfig:
             raise ValueError("TrainerConfig: updates >= 0, chunk_size >= 1 and learning_rate > 0 are required")
         if self.force_matching_weight < 0:
             raise ValueError("TrainerConfig.force_matching_weight must be >= 0")
-        if self.trust_n_eff_ratio is not None and not 0.0 < self.trust_n_eff_ratio <= 1.0:
-            raise ValueError(f"TrainerConfig.trust_n_eff_ratio: expected None or in (0, 1], got {self.trust_n_eff_ratio}")
-        if self.max_step_halvings < 0:
-            raise ValueError("TrainerConfig.max_step_halvings must be >= 0")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
@@ -289,13 +277,10 @@ class DiffTReTrainer:
             grads = [g * (cfg.grad_clip_norm / grad_norm) for g in grads]
         lr = float(self.optimizer.param_groups[0]["lr"])
         theta = scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {}
-        before = [p.detach().clone() for p in self.params]
         for p, g in zip(self.params, grads):
             p.grad = g.to(p)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_scale, n_eff_after = self._trust_region(
-            before, {s.name: n / len(s) for s, n in zip(self.stores, result.n_eff)})
         self.scheduler.step()
         self.update += 1
         update_s = time.perf_counter() - t0 - sample_s
@@ -313,36 +298,9 @@ class DiffTReTrainer:
             "state": self._state_values(result.weights),
             "parameters": theta,  # θ at which this record's loss was evaluated (before the step)
         }
-        if n_eff_after is not None:
-            record["step_scale"] = step_scale  # fraction of the optimiser's step kept
-            record["n_eff_ratio_after"] = n_eff_after  # N_eff/N of the stores at the new θ
         self.history.append(record)
         self._last_predictions = predictions
         return record
-
-    def _trust_region(self, before: list[torch.Tensor],
-                      ratio_before: dict[str, float]) -> tuple[float, dict[str, float] | None]:
-        """Halve the step just taken (θ ← θ_old + ½(θ − θ_old)) until every store's N_eff/N at θ
-        is ≥ ``trust_n_eff_ratio`` × its N_eff/N at θ_old (``ratio_before``), at most
-        ``max_step_halvings`` times (the last, smallest step is kept). Returns (fraction of the
-        step kept, N_eff/N per state point at the kept θ), or (1.0, None) when the trust region
-        is off. Costs one energy pass over the stores per try."""
-        cfg = self.config
-        if cfg.trust_n_eff_ratio is None:
-            return 1.0, None
-        scale = 1.0
-        for halving in range(cfg.max_step_halvings + 1):
-            with torch.no_grad():
-                rw = reweight(self.potential, self.stores, chunk_size=cfg.chunk_size)
-            ratios = {s.name: n / len(s) for s, n in zip(self.stores, rw.n_eff)}
-            inside = all(ratios[k] >= cfg.trust_n_eff_ratio * ratio_before[k] for k in ratios)
-            if inside or halving == cfg.max_step_halvings:
-                return scale, ratios
-            scale *= 0.5
-            with torch.no_grad():
-                for p, old in zip(self.params, before):
-                    p.copy_(old + 0.5 * (p - old))
-        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ checkpoints
 
