@@ -76,6 +76,10 @@ class TrainerConfig:
     L_FM (0: off); fm_energy_weight, fm_force_weight: w_E, w_F inside L_FM; fm_batch_frames:
     frames per update. figure_every: target figures to TensorBoard every so many updates.
     final_sample: sample once more with the refined model for the final comparison.
+    select: which θ becomes the refined potential. "last": θ after the last update's step (that
+    step's effect is never itself evaluated). "best": the θ at which the lowest loss was
+    evaluated, among the updates whose N_eff/N is ≥ ``select_min_n_eff_ratio`` at every state
+    point (estimates close to what a fresh sample gives); "last" if no update qualifies.
     """
 
     updates: int = 30
@@ -96,6 +100,8 @@ class TrainerConfig:
     progress: bool = True
     final_sample: bool = True
     seed: int = 0
+    select: str = "last"
+    select_min_n_eff_ratio: float = 0.9
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "exponential", "cosine"):
@@ -107,6 +113,8 @@ class TrainerConfig:
             raise ValueError("TrainerConfig: updates >= 0, chunk_size >= 1 and learning_rate > 0 are required")
         if self.force_matching_weight < 0:
             raise ValueError("TrainerConfig.force_matching_weight must be >= 0")
+        if self.select not in ("last", "best"):
+            raise ValueError(f"TrainerConfig.select: expected 'last' or 'best', got {self.select!r}")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
@@ -183,6 +191,7 @@ class DiffTReTrainer:
         self.sample_stats: dict[str, dict] = {}
         self.initial_predictions: dict[str, torch.Tensor] | None = None
         self.times = {"sample": 0.0, "update": 0.0}
+        self.best: dict | None = None  # {"update", "loss", "params": [θ tensors, CPU]} (select="best")
 
     # ------------------------------------------------------------------ sampling and caching
 
@@ -275,6 +284,7 @@ class DiffTReTrainer:
             raise FloatingPointError(f"update {self.update + 1}: the gradient is not finite")
         if cfg.grad_clip_norm is not None and grad_norm > cfg.grad_clip_norm:
             grads = [g * (cfg.grad_clip_norm / grad_norm) for g in grads]
+        self._remember_if_best(loss["total"], [n / len(s) for s, n in zip(self.stores, result.n_eff)])
         lr = float(self.optimizer.param_groups[0]["lr"])
         theta = scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {}
         for p, g in zip(self.params, grads):
@@ -302,6 +312,27 @@ class DiffTReTrainer:
         self._last_predictions = predictions
         return record
 
+    def _remember_if_best(self, loss: float, n_eff_ratios: list[float]) -> None:
+        """Keep θ (as evaluated by the update now running, before its step) if its loss is the
+        lowest so far among reliable estimates (``select="best"``)."""
+        cfg = self.config
+        if cfg.select != "best" or min(n_eff_ratios) < cfg.select_min_n_eff_ratio:
+            return
+        if self.best is None or loss < self.best["loss"]:
+            self.best = {"update": self.update + 1, "loss": loss,
+                         "params": [p.detach().cpu().clone() for p in self.params]}
+
+    def _apply_selection(self) -> dict:
+        """Set θ to the selected parameters (``select="best"``); returns what was selected."""
+        if self.config.select == "best" and self.best is not None:
+            with torch.no_grad():
+                for p, kept in zip(self.params, self.best["params"]):
+                    p.copy_(kept.to(p))
+            return {"rule": "best", "update": self.best["update"], "loss": self.best["loss"],
+                    "min_n_eff_ratio": self.config.select_min_n_eff_ratio}
+        reason = "" if self.config.select == "last" else " (no update had N_eff/N high enough for 'best')"
+        return {"rule": "last" + reason, "update": self.update, "loss": None}
+
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
@@ -320,6 +351,7 @@ class DiffTReTrainer:
             "sample_stats": self.sample_stats,
             "initial_predictions": self.initial_predictions,
             "times": self.times,
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -349,6 +381,7 @@ class DiffTReTrainer:
         self.sample_stats = dict(state["sample_stats"])
         self.initial_predictions = state["initial_predictions"]
         self.times = dict(state["times"])
+        self.best = state.get("best")  # absent in checkpoints written before select="best" existed
 
     def save_checkpoint(self) -> Path:
         return atomic_torch_save(self.state_dict(), self.checkpoint_path)
@@ -412,6 +445,7 @@ class DiffTReTrainer:
     def finalize(self) -> dict:
         """Write the refined potential, final observables vs targets (PNG, CSV) and summary.json."""
         out = self.out_dir
+        selected = self._apply_selection()
         final_sample_s = 0.0
         if self.stores is None or self.config.final_sample:
             final_sample_s = self._sample()
@@ -438,6 +472,7 @@ class DiffTReTrainer:
             "parameters_initial": self.history[0]["parameters"] if self.history else {},
             "state_points": {s.name: {**asdict(s), **self.sample_stats.get(s.name, {})} for s in self.state_points},
             "refined_potential": str(model_path),
+            "selected": selected,
             "figures": figures,
             "tables": tables,
             "blow_ups": list(getattr(self.sampler, "blow_ups", [])),

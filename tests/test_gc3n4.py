@@ -114,6 +114,8 @@ def test_config_modes_and_errors(tmp_path):
         config_mod.load(bad)
     with pytest.raises(ValueError, match="sampler.kind"):
         config_mod.load(overrides={"sampler": {"kind": "lammps"}})
+    with pytest.raises(ValueError, match="trainer.select must be 'best' or 'last', got 'final'"):
+        config_mod.load(overrides={"trainer": {"select": "final"}})
     with pytest.raises(ValueError, match="refine.parameters"):
         config_mod.load(overrides={"refine": {"parameters": "last_layer"}})
     with pytest.raises(ValueError, match=r"refine.correction: unknown field\(s\) \['cutof'\]"):

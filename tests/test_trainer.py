@@ -280,3 +280,33 @@ def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequi
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pos, cell, numbers), potential(pos, cell, numbers),
                                    rtol=1e-6, atol=1e-6)
+
+
+def test_select_best_keeps_the_lowest_reliable_loss(tmp_path):
+    """select="best": the refined σ is the σ at which the lowest loss was evaluated among the
+    updates with N_eff/N ≥ 0.9 (the history records σ at each evaluation), not σ after the last
+    step (which no update evaluated), and the checkpoint keeps the choice beside the last θ."""
+    from difftre_torch.checkpoint import load_checkpoint
+
+    atoms = _lj_fluid()
+    point = StatePoint("T181", 181.0)
+    reference = LennardJones(3.405, 0.0104, 8.5)
+    probe = Target("rdf", "rdf", np.ones(30), x=np.arange(30) * 0.2 + 2.6)
+    rdf = _sample_reference(reference, atoms, point, [probe], 3, 40)["rdf"].mean(0).numpy()
+    target = Target("rdf", "rdf", rdf, x=probe.x.numpy())
+    potential = LennardJones(3.3, 0.0104, 8.5)
+    potential.epsilon.requires_grad_(False)
+    config = TrainerConfig(updates=4, learning_rate=0.12, adam_betas=(0.0, 0.5), select="best",
+                           resample_ratio=0.9, progress=False, tensorboard=False, final_sample=False)
+    trainer = DiffTReTrainer(potential, atoms, [point], [target],
+                             sampler_config=SamplerConfig(**{**LJ_SAMPLER, "snapshots_per_replica": 20}),
+                             config=config, out_dir=tmp_path)
+    summary = trainer.fit()
+    reliable = [r for r in trainer.history if min(r["n_eff_ratio"].values()) >= 0.9]
+    best = min(reliable, key=lambda r: r["loss"]["total"])
+    assert summary["selected"] == {"rule": "best", "update": best["update"], "loss": best["loss"]["total"],
+                                   "min_n_eff_ratio": 0.9}
+    assert float(potential.sigma.detach()) == pytest.approx(best["parameters"]["sigma"], abs=1e-12)
+    last = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert float(last["potential"]["sigma"]) != pytest.approx(best["parameters"]["sigma"], abs=1e-6)
+    assert last["best"]["update"] == best["update"]

@@ -95,6 +95,8 @@ class Trainer:
     fm_batch_frames: int = 8
     grad_clip_norm: float | None = None
     seed: int = 0
+    select: str = "best"
+    select_min_n_eff_ratio: float = 0.9
 
 
 @dataclass
@@ -178,6 +180,8 @@ def parse(data: dict, quick: bool = False, source: str = "<dict>", overrides: di
     config = RecipeConfig(**sections, mode=mode, source=source)
     if config.sampler.kind not in ("batched", "ase"):
         raise ValueError(f"{source}: sampler.kind must be 'batched' or 'ase', got {config.sampler.kind!r}")
+    if config.trainer.select not in ("best", "last"):
+        raise ValueError(f"{source}: trainer.select must be 'best' or 'last', got {config.trainer.select!r}")
     if config.refine.parameters not in ("correction", "model", "both"):
         raise ValueError(f"{source}: refine.parameters must be 'correction', 'model' or 'both', "
                          f"got {config.refine.parameters!r}")

@@ -39,7 +39,8 @@ def trainer_config(config: RecipeConfig, lam: float) -> TrainerConfig:
         updates=t.updates, learning_rate=t.learning_rate, adam_betas=tuple(t.adam_betas),
         lr_schedule=t.lr_schedule, resample_ratio=t.resample_ratio, chunk_size=t.chunk_size,
         force_matching_weight=float(lam), fm_batch_frames=t.fm_batch_frames,
-        grad_clip_norm=t.grad_clip_norm, seed=t.seed, final_sample=False, progress=False,
+        grad_clip_norm=t.grad_clip_norm, seed=t.seed, select=t.select,
+        select_min_n_eff_ratio=t.select_min_n_eff_ratio, final_sample=False, progress=False,
     )
 
 
@@ -62,7 +63,7 @@ def refine(config: RecipeConfig, atoms: Atoms, targets: ExperimentTargets, teach
     result = {"dir": str(out), "lambda": lam, "model": summary["refined_potential"],
               "loss_initial": summary["loss_initial"], "loss_final": summary["loss_final"],
               "resamples": summary["resamples"], "time_s": summary["time_s"],
-              "blow_ups": summary["blow_ups"], "history": history}
+              "blow_ups": summary["blow_ups"], "selected": summary["selected"], "history": history}
     from difftre_torch.checkpoint import atomic_write_json
 
     atomic_write_json(done, result)

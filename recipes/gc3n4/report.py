@@ -349,12 +349,19 @@ def write_report(results: dict, out: Path, config) -> dict:
         "",
         "![training](training.png)",
         "",
-        "| model | λ | updates | resamples | loss initial → final |",
-        "|---|---:|---:|---:|---|",
+        "The refined model of each run is the θ its `selected` column names: 'best' is the θ at "
+        "which the lowest loss was evaluated among the updates with N_eff/N ≥ the config's "
+        "`trainer.select_min_n_eff_ratio`; 'last' is θ after the last step.",
+        "",
+        "| model | λ | updates | resamples | loss initial → final | selected |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for name, run in refine.items():
         li, lf = (run.get("loss_initial") or {}).get("total", float("nan")), run["loss_final"]["total"]
-        md.append(f"| {name} | {run['lambda']:g} | {len(run['history'])} | {run['resamples']} | {li:.4g} → {lf:.4g} |")
+        sel = run.get("selected") or {"rule": "last", "update": len(run["history"])}
+        md.append(f"| {name} | {run['lambda']:g} | {len(run['history'])} | {run['resamples']} | {li:.4g} → {lf:.4g} "
+                  + (f"| best: θ evaluated at update {sel['update']} |" if sel["rule"] == "best"
+                     else f"| {sel['rule']}: θ after update {sel['update']} |"))
     md += ["", "## Transferability", "",
            "Errors with 95 % bootstrap intervals over frames. The energy offset (bias) is reported "
            "but not judged: a constant energy per atom moves no force and no ensemble average, so "
