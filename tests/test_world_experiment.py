@@ -30,6 +30,7 @@ from difftre_torch.observables import (
 )
 from difftre_torch.sampling.ase_md import MDConfig
 from recipes.world import experiment as ex
+from recipes.world import replica_noise
 from recipes.world.replicas import load_replica
 from recipes.world.jobs import MDJob, frames_to_atoms
 from recipes.world.structures import gc3n4_supercell
@@ -292,8 +293,8 @@ def test_noise_check_on_identical_replicas_is_zero(published, tmp_path):
 def test_birge_ratio_inflates_sigma_only_where_replicas_disagree():
     pair = {"g": {"chi2_per_bin": 3.0}, "G": {"chi2_per_bin": 0.5}, "S": {"chi2_per_bin": math.nan}}
     noise = {"expected_chi2_per_bin_if_consistent": 1.5, "pairs": {"a vs b": pair}}
-    assert ex.birge_ratios(noise) == {"g": pytest.approx(math.sqrt(2.0)), "G": 1.0}
-    assert ex.birge_ratios(None) == {}
+    assert replica_noise.birge_ratios(noise) == {"g": pytest.approx(math.sqrt(2.0)), "G": 1.0}
+    assert replica_noise.birge_ratios(None) == {}
 
 
 def test_published_sigma_is_the_scaled_block_error(published, tmp_path):
@@ -340,10 +341,10 @@ def test_held_out_check_passes_a_replica_scatter_the_birge_ratio_describes():
     """Replica offsets of sd 0.3 against a block σ of 1/√10: raw χ² ≈ 1 + 10·0.09 ≈ 1.9 between
     pairs; scaled by the others' Birge ratio a held-out replica comes back near 1.1-1.2."""
     names, functions, slices, frames = _replica_functions(6, 0.3)
-    noise = ex.noise_check(names, functions, slices, 9, {})
+    noise = replica_noise.noise_check(names, functions, slices, 9, {})
     raw = [pair["g"]["chi2_per_bin"] for pair in noise["pairs"].values()]
     assert 1.5 < sum(raw) / len(raw) < 2.5
-    loo = ex.leave_one_out(names, functions, slices, frames, 9, {})
+    loo = replica_noise.leave_one_out(names, functions, slices, frames, 9, {})
     assert loo["expected_chi2_per_bin_if_consistent"] == pytest.approx(9 / 8)
     assert 0.9 < loo["mean_chi2_per_bin"]["g"] < 1.5
     for entry in loo["replicas"].values():
@@ -356,21 +357,21 @@ def test_held_out_check_flags_a_replica_outside_the_published_sigma():
     shifted = values.clone()
     shifted[slices[4]] += 1.0  # 3σ of a replica mean: a registry the others never visited
     functions = {"g": (x, shifted)}
-    check = ex.held_out_check(names, functions, slices, frames, 9, {}, ["s4"])
+    check = replica_noise.held_out_check(names, functions, slices, frames, 9, {}, ["s4"])
     assert check["rest"] == ["s0", "s1", "s2", "s3"]
     assert check["replicas"]["s4"]["g"]["sigma_scale"] == pytest.approx(1.0, abs=0.1)
     assert check["replicas"]["s4"]["g"]["chi2_per_bin"] > 5.0
-    consistent = ex.held_out_check(names, functions, slices, frames, 9, {}, ["s0"])["replicas"]["s0"]["g"]
+    consistent = replica_noise.held_out_check(names, functions, slices, frames, 9, {}, ["s0"])["replicas"]["s0"]["g"]
     assert consistent["chi2_per_bin"] < 2.5  # s4 in the rest inflates σ but does not bias s0
 
 
 def test_held_out_check_errors_name_the_replicas():
     names, functions, slices, frames = _replica_functions(3, 0.0)
     with pytest.raises(ValueError, match="s9"):
-        ex.held_out_check(names, functions, slices, frames, 9, {}, ["s9"])
+        replica_noise.held_out_check(names, functions, slices, frames, 9, {}, ["s9"])
     with pytest.raises(ValueError, match="two replicas besides"):
-        ex.held_out_check(names, functions, slices, frames, 9, {}, ["s0", "s1"])
-    assert ex.leave_one_out(names[:2], functions, slices[:2], frames[:20], 9, {}) is None
+        replica_noise.held_out_check(names, functions, slices, frames, 9, {}, ["s0", "s1"])
+    assert replica_noise.leave_one_out(names[:2], functions, slices[:2], frames[:20], 9, {}) is None
 
 
 def test_summary_reports_the_leave_one_out_check(published):
