@@ -65,6 +65,14 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _boot_id() -> str:
+    """This boot of the machine (Linux: /proc/sys/kernel/random/boot_id; elsewhere "")."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,13 +87,14 @@ def _process_alive(pid: int) -> bool:
 def run_lock(directory: str | os.PathLike):
     """Hold ``<directory>/run.lock`` (this host and pid) while the block runs; removed after it.
 
-    A lock left by a process that no longer runs on this host (killed, machine rebooted) is
-    taken over; one held by a live process, or by another host, is an error naming it: two
-    processes resuming the same checkpoint would overwrite each other's updates.
+    A lock left by a process that no longer runs on this host (killed, or the machine rebooted:
+    the lock records the boot, so a reused pid after a reboot does not count) is taken over;
+    one held by a live process, or by another host, is an error naming it: two processes
+    resuming the same checkpoint would overwrite each other's updates.
     """
     path = Path(directory) / "run.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id()}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -96,7 +105,8 @@ def run_lock(directory: str | os.PathLike):
             except (OSError, ValueError, KeyError, TypeError):
                 raise RuntimeError(f"{path}: unreadable run lock; delete it if no process runs in "
                                    f"{path.parent}") from None
-            if host == me["host"] and not _process_alive(pid):
+            same_boot = holder.get("boot", me["boot"]) == me["boot"]
+            if host == me["host"] and (not same_boot or not _process_alive(pid)):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             raise RuntimeError(f"{path.parent} is in use by process {pid} on {host} (lock file {path}); "

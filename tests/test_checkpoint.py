@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def test_run_lock_takes_over_a_dead_process_lock_but_not_another_hosts(tmp_path)
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(finished.stdout)}))
     with run_lock(tmp_path):
         assert json.loads(lock.read_text())["pid"] != int(finished.stdout)
+    alive = {"host": socket.gethostname(), "pid": os.getpid()}
+    lock.write_text(json.dumps({**alive, "boot": "an earlier boot"}))  # pid reused after a reboot
+    with run_lock(tmp_path):
+        assert json.loads(lock.read_text())["boot"] != "an earlier boot"
     lock.write_text(json.dumps({"host": "another-machine", "pid": 1}))
     with pytest.raises(RuntimeError, match="process 1 on another-machine"):
         with run_lock(tmp_path):
