@@ -392,3 +392,33 @@ def test_publish_tests_named_replicas_against_the_others(published, tmp_path):
     entry = split["replicas"]["npt300_reality_cell112_s103"]["neutron_rdf"]
     loo = summary["held_out_check"]["replicas"]["npt300_reality_cell112_s103"]["neutron_rdf"]
     assert entry == loo  # with three replicas, holding one out is the leave-one-out entry
+
+
+def test_replicas_new_since_the_last_publication(tmp_path):
+    """--held-out new: the replicas the published summary did not use, if two others remain."""
+    path = tmp_path / "experiment_summary.json"
+    names = ["s101", "s102", "s103", "s104", "s105"]
+    assert ex.replicas_new_since(path, names) == []  # nothing published yet
+    path.write_text(json.dumps({"replicas": [{"job": n} for n in names[:3]]}))
+    assert ex.replicas_new_since(path, names) == ["s104", "s105"]
+    assert ex.replicas_new_since(path, names[:3]) == []
+    path.write_text(json.dumps({"replicas": [{"job": "s101"}]}))
+    assert ex.replicas_new_since(path, names[:3]) == []  # one old replica cannot publish a σ
+    path.write_text(json.dumps({"lattice": {}}))
+    with pytest.raises(ValueError, match="experiment_summary.json: expected an experiment summary with 'replicas'"):
+        ex.replicas_new_since(path, names)
+
+
+def test_republishing_with_held_out_new_tests_the_new_replica(published, tmp_path):
+    """A fourth replica finished after the first publication: ``--held-out new`` tests it (and
+    only it) against the σ of the three already published."""
+    runs, out, _ = published
+    shutil.copytree(runs, tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs" / "npt300_reality_cell112_s104")
+    write_replica(tmp_path / "runs", "npt300_reality_cell112_s104", seed=3)
+    shutil.copytree(out, tmp_path / "experiment")
+    summary = ex.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "experiment"), "--quick",
+                       "--no-progress", "--held-out", "new"])
+    split = summary["held_out_check"]["split"]
+    assert list(split["replicas"]) == ["npt300_reality_cell112_s104"]
+    assert split["rest"] == [f"npt300_reality_cell112_s{s}" for s in (101, 102, 103)]

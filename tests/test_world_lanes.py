@@ -19,6 +19,8 @@ def test_measure_lane_order_and_skips(tmp_path):
     assert labels[2:6] == ["publish experiment", "held-out campaign", "export held-out", "provenance"]
     assert labels[6] == "experiment npt300_teacher_cell112_s201"  # teacher before the third replica
     assert labels[-2:] == ["publish experiment", "provenance"]
+    commands = [command for label, command, _ in lanes.measure_lane(runs, data) if label == "publish experiment"]
+    assert all(command[command.index("--held-out") + 1] == "new" for command in commands)
     exp = [j.name for j, _ in experiment_jobs()]
     _finish(runs, exp[:2])
     skipped = [label for label, _, skip in lanes.measure_lane(runs, data) if skip()]

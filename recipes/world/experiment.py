@@ -1,7 +1,7 @@
 """Publish the stand-in world's experiment: what diffraction and total scattering would report
 for reality's 300 K, 1 bar NPT replicas of the 112-atom g-C3N4 cell.
 
-``python -m recipes.world.experiment [--runs runs/world] [--out data/world/experiment] [--quick] [--held-out NAME,...]``
+``python -m recipes.world.experiment [--runs runs/world] [--out data/world/experiment] [--quick] [--held-out NAME,...|new]``
 
 Input: the finished jobs of the ``experiment`` campaign of :mod:`recipes.world.trajectories`,
 ``<runs>/npt300_reality_cell112_s*/{frames.extxyz,done.json}`` (positions and cells, no labels);
@@ -380,15 +380,32 @@ def _error_key(key: str) -> str:
     return f"{name}_err_{unit}"
 
 
+def replicas_new_since(summary_path: Path, names: list[str]) -> list[str]:
+    """The replicas of ``names`` that the published summary at ``summary_path`` did not use, when
+    at least two others remain to publish σ from (else [], as with no earlier summary): the
+    replicas a held-out check of the new publication can test."""
+    if not summary_path.exists():
+        return []
+    try:
+        before = {entry["job"] for entry in json.loads(summary_path.read_text())["replicas"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{summary_path}: expected an experiment summary with 'replicas': "
+                         f"[{{'job': name, ...}}] ({err})") from None
+    new = [n for n in names if n not in before]
+    return new if len(names) - len(new) >= 2 else []
+
+
 def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quick: bool = False,
             reality_pattern: str = REALITY_JOBS, teacher_pattern: str = TEACHER_JOBS,
-            progress: bool = True, held_out: list[str] | None = None) -> dict:
+            progress: bool = True, held_out: list[str] | str | None = None) -> dict:
     """Read the finished replicas under ``runs``, write every file under ``out``; returns the
     summary (also written as ``experiment_summary.json``). ``held_out``: replica names tested
     together against the σ the others alone would publish (summary ``held_out_check.split``),
-    e.g. replicas run after a first publication."""
+    e.g. replicas run after a first publication; "new": the replicas that the summary already
+    at ``out`` does not list (:func:`replicas_new_since`)."""
     t0 = time.perf_counter()
     out = Path(out)
+    previous_summary = out / "experiment_summary.json"
     jobs = find_jobs(runs, reality_pattern)
     if not jobs:
         raise FileNotFoundError(f"no finished reality replicas {reality_pattern!r} under {runs}: "
@@ -421,6 +438,9 @@ def publish(runs: str | Path, out: str | Path, config: ExperimentConfig, *, quic
     noise = noise_check(names, functions, slices, dof, masks)
     scales = birge_ratios(noise) if config.inflate_sigma else {}
     held_out_summary = leave_one_out(names, functions, slices, pool.frames, dof, masks)
+    if held_out == "new":
+        held_out = replicas_new_since(previous_summary, names)
+        print(f"[experiment] held out (new since {previous_summary}): {held_out or 'none'}", flush=True)
     if held_out:
         held_out_summary = {**(held_out_summary or {}),
                             "split": held_out_check(names, functions, slices, pool.frames, dof, masks, held_out)}
@@ -533,7 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reality", default=REALITY_JOBS, help="glob of the reality replicas")
     parser.add_argument("--teacher", default=TEACHER_JOBS, help="glob of the teacher replica")
     parser.add_argument("--held-out", default=None,
-                        help="comma-separated replica names to test against the others' published σ")
+                        help="comma-separated replica names to test against the others' published σ, "
+                             "or 'new': those the summary already in --out did not use")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from recipes.world import calculators
@@ -545,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or (str(Path(args.runs) / "experiment_quick") if args.quick else "data/world/experiment")
     summary = publish(args.runs, out, config, quick=args.quick, reality_pattern=args.reality,
                       teacher_pattern=args.teacher, progress=not args.no_progress,
-                      held_out=args.held_out.split(",") if args.held_out else None)
+                      held_out=(args.held_out if args.held_out in (None, "new") else args.held_out.split(",")))
     noise, teacher = summary["noise_check"], summary["teacher_vs_reality"]
     print(json.dumps({"lattice": summary["lattice"],
                       "replica_chi2_per_bin": noise and noise["chi2_per_bin"],

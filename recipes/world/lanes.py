@@ -85,7 +85,7 @@ def measure_lane(runs: Path, data: Path) -> list[tuple[str, list[str], Callable[
                                            "--only", n), lambda: _done(runs, [n]))
 
     publish = ("publish experiment", _python("recipes.world.experiment", "--runs", str(runs), "--out",
-                                             str(data / "experiment"), "--no-progress"),
+                                             str(data / "experiment"), "--held-out", "new", "--no-progress"),
                lambda: _published(runs, data, exp))
     provenance = ("provenance", _python("recipes.world.provenance", "--runs", str(runs), "--data", str(data)),
                   lambda: False)
