@@ -481,3 +481,36 @@ def test_trainer_runs_with_the_batched_sampler_and_stores_the_same_format(tmp_pa
                                                   tensorboard=False, final_sample=False),
                              out_dir=tmp_path / "batched")
     assert resumed.fit(resume=True)["updates"] == 3
+
+
+def test_trainer_resumed_mid_run_retraces_the_uninterrupted_run(tmp_path):
+    """Six updates in one go against three, a new process's resume, three more: every loss and
+    the final σ equal bit for bit. The checkpoint after update 3 falls on a noise-block boundary
+    (step 320 = 10 blocks of 32), where a restore once replayed the last block of noise."""
+    from difftre_torch.experiment.target import Target
+    from difftre_torch.trainer import DiffTReTrainer, TrainerConfig
+
+    atoms = _lj_fluid()
+    point = StatePoint("T181", 181.0, replicas=2)
+    target = Target("rdf", "rdf", np.ones(20), x=np.arange(20) * 0.25 + 2.6)
+    settings = {**LJ, "equilibration_steps": 100, "reequilibration_steps": 20, "snapshots_per_replica": 10}
+
+    def trainer(out, updates):
+        potential = _lj()
+        potential.epsilon.requires_grad_(False)
+        return potential, DiffTReTrainer(
+            potential, atoms, [point], [target], sampler=BatchedSampler(atoms, [point], BatchedSamplerConfig(**settings)),
+            config=TrainerConfig(updates=updates, learning_rate=0.02, resample_ratio=0.9, progress=False,
+                                 tensorboard=False, final_sample=False),
+            out_dir=out)
+
+    straight_lj, straight = trainer(tmp_path / "straight", 6)
+    straight.fit()
+    _, first = trainer(tmp_path / "resumed", 3)
+    first.fit()
+    assert first.sampler.step % BatchedSamplerConfig.noise_block_steps == 0  # the boundary case
+    resumed_lj, resumed = trainer(tmp_path / "resumed", 6)
+    resumed.fit(resume=True)
+    assert sum(r["resampled"] for r in straight.history[3:]) >= 1  # sampling after the resume
+    assert [r["loss"]["total"] for r in resumed.history] == [r["loss"]["total"] for r in straight.history]
+    assert torch.equal(resumed_lj.sigma.detach(), straight_lj.sigma.detach())

@@ -57,7 +57,11 @@ class ReplicaNoise:
         return out
 
     def state_dict(self) -> dict:
-        return {"block_states": [s.clone() for s in self.block_states], "position": self.position,
+        """Generator states before the current block while part of it is left (a restore draws
+        the block again), else the generators' present states (block used up, or none drawn)."""
+        exhausted = self.position >= self.block_steps
+        states = [g.get_state() for g in self.generators] if exhausted else self.block_states
+        return {"block_states": [s.clone() for s in states], "position": self.position,
                 "device_type": self.device.type}
 
     def load_state_dict(self, state: dict) -> None:
