@@ -205,9 +205,14 @@ def figure_training(refine: dict, path: Path) -> Path:
         axes[1, 0].plot(u, [min(h["n_eff_ratio"].values()) for h in hist], marker=".", label=name)
         res = [h["update"] for h in hist if h["resampled"]]
         axes[1, 0].plot(res, [0.02] * len(res), "|", ms=12, color="k")
+        selected = run.get("selected") or {}
+        if selected.get("rule") == "best":  # the θ that became the refined model
+            axes[0, 0].plot([selected["update"]], [selected["loss"]], "o", mfc="none", ms=9,
+                            label=f"{name}: selected (update {selected['update']})")
+            axes[1, 0].axhline(selected["min_n_eff_ratio"], color="0.6", ls=":", lw=0.8)
     axes[0, 0].set_ylabel("loss")
     axes[0, 0].legend(fontsize=6)
-    axes[1, 0].set_ylabel("N_eff / N (| resampled)")
+    axes[1, 0].set_ylabel("N_eff / N (| resampled; ⋯ select threshold)")
     axes[1, 0].set_xlabel("update")
     axes[1, 0].set_ylim(0, 1.05)
     return save_figure(fig, path)
