@@ -130,3 +130,9 @@ def write_section(path: Path, text: str, section: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
     os.chmod(path, mode)  # the atomic write goes through a private (0600) temporary file
+
+
+def device_title(section: str, device) -> str:
+    """A RESULTS.md heading per device: ``section`` for CPU runs, ``section on CUDA`` for GPU
+    runs, so that one file keeps both."""
+    return section if device.type == "cpu" else f"{section} on {device.type.upper()}"

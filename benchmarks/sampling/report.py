@@ -7,16 +7,15 @@ import textwrap
 
 import torch
 
-from benchmarks.common import command_line, machine_description, now_text
+from benchmarks.common import device_title, command_line, machine_description, now_text
 from benchmarks.common import versions as common_versions
 
 SECTION = "## sampling"
 
 
 def title(device: torch.device) -> str:
-    """The section's heading: ``## sampling`` for CPU runs, ``## sampling on CUDA`` for GPU runs, so
-    that one RESULTS.md keeps both."""
-    return SECTION if device.type == "cpu" else f"{SECTION} on {device.type.upper()}"
+    """This section's heading for ``device`` (:func:`~benchmarks.common.device_title`)."""
+    return device_title(SECTION, device)
 
 
 def versions() -> str:

@@ -7,15 +7,14 @@ import textwrap
 
 import torch
 
-from benchmarks.common import command_line, machine_description, now_text, versions
+from benchmarks.common import device_title, command_line, machine_description, now_text, versions
 
 SECTION = "## update"
 
 
 def title(device: torch.device) -> str:
-    """The section's heading: ``## update`` for CPU runs, ``## update on CUDA`` for GPU runs, so
-    that one RESULTS.md keeps both."""
-    return SECTION if device.type == "cpu" else f"{SECTION} on {device.type.upper()}"
+    """This section's heading for ``device`` (:func:`~benchmarks.common.device_title`)."""
+    return device_title(SECTION, device)
 
 
 def _growth(value: float | None, reference: float | None) -> float | None:
