@@ -83,16 +83,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+class LockHeld(RuntimeError):
+    """A run lock is held by a live process (this host) or by another host."""
+
+
 @contextlib.contextmanager
-def run_lock(directory: str | os.PathLike):
-    """Hold ``<directory>/run.lock`` (this host and pid) while the block runs; removed after it.
+def run_lock(directory: str | os.PathLike, name: str = "run.lock"):
+    """Hold ``<directory>/<name>`` (this host and pid) while the block runs; removed after it.
 
     A lock left by a process that no longer runs on this host (killed, or the machine rebooted:
     the lock records the boot, so a reused pid after a reboot does not count) is taken over;
-    one held by a live process, or by another host, is an error naming it: two processes
-    resuming the same checkpoint would overwrite each other's updates.
+    one held by a live process, or by another host, is an error naming it (:class:`LockHeld`):
+    two processes resuming the same checkpoint would overwrite each other's updates.
     """
-    path = Path(directory) / "run.lock"
+    path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id()}
     for _ in range(2):
@@ -109,7 +113,7 @@ def run_lock(directory: str | os.PathLike):
             if host == me["host"] and (not same_boot or not _process_alive(pid)):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            raise RuntimeError(f"{path.parent} is in use by process {pid} on {host} (lock file {path}); "
+            raise LockHeld(f"{path.parent} is in use by process {pid} on {host} (lock file {path}); "
                                "wait for it to finish, or delete the lock if that process is gone") from None
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from difftre_torch.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint, run_lock
+from difftre_torch.checkpoint import LockHeld, atomic_torch_save, atomic_write_json, load_checkpoint, run_lock
 
 
 def test_atomic_writes_leave_no_temporary_files(tmp_path):
@@ -35,10 +35,12 @@ def test_a_write_failing_halfway_keeps_the_old_file(tmp_path):
 def test_run_lock_refuses_a_second_holder_and_is_released(tmp_path):
     with run_lock(tmp_path) as path:
         assert json.loads(path.read_text())["pid"] > 0
-        with pytest.raises(RuntimeError, match=r"in use by process \d+ on .*run\.lock"):
+        with pytest.raises(LockHeld, match=r"in use by process \d+ on .*run\.lock"):
             with run_lock(tmp_path):
                 pass
-    assert not (tmp_path / "run.lock").exists()
+        with run_lock(tmp_path, "other.lock"):  # another name is another lock
+            assert (tmp_path / "other.lock").exists()
+    assert not (tmp_path / "run.lock").exists() and not (tmp_path / "other.lock").exists()
     with pytest.raises(ValueError):
         with run_lock(tmp_path):
             raise ValueError("the block failed")
@@ -57,7 +59,7 @@ def test_run_lock_takes_over_a_dead_process_lock_but_not_another_hosts(tmp_path)
     with run_lock(tmp_path):
         assert json.loads(lock.read_text())["boot"] != "an earlier boot"
     lock.write_text(json.dumps({"host": "another-machine", "pid": 1}))
-    with pytest.raises(RuntimeError, match="process 1 on another-machine"):
+    with pytest.raises(LockHeld, match="process 1 on another-machine"):
         with run_lock(tmp_path):
             pass
     lock.write_text("not json")

@@ -136,18 +136,37 @@ def test_missing_inputs_name_the_producer(tmp_path):
         experiment_targets(config)
 
 
-def test_pipeline_end_to_end_then_cached(world):
-    """The whole pipeline; λ = 0 of the scan refined first on its own (``--lambda``, as a second
-    process would), which the main run then finds done; then every step again from its cache."""
+def test_pipeline_end_to_end_then_cached(world, monkeypatch):
+    """The whole pipeline; λ = 0's model done first on its own (``--lambda``, as a second
+    process would), which the main run then finds done; the base's transfer held by "another
+    process" meanwhile, so the main run does the rest first, waits, and takes it when freed;
+    then every item again from its cache."""
+    import os
+    import socket
+
+    from recipes.gc3n4 import pipeline as pipeline_mod
+
     logs = []
     side = Pipeline(world, log=logs.append)
     with pytest.raises(ValueError, match=r"--lambda 5: not one of this config's force-matching weights \['10', '0'\]"):
-        side.refine_one(5.0)
-    alone = side.refine_one(0.0)
-    done = Path(alone["dir"]) / "refine_result.json"
+        side.run_model(5.0)
+    alone = side.run_model(0.0)
+    assert set(alone) == {"refine", "structure_refined", "transfer"}
+    assert not any("base" in line for line in logs)  # only λ = 0's items
+    done = Path(alone["refine"]["dir"]) / "refine_result.json"
     stamp = done.stat().st_mtime_ns
-    report = Pipeline(world, log=logs.append).run()
+    lock = Path(world.paths.out) / "steps" / "transfer" / "base.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))  # a live holder
+    waits = []
+    monkeypatch.setattr(pipeline_mod.time, "sleep", lambda s: (waits.append(s), lock.unlink()))
+    logs.clear()
+    report = Pipeline(world, log=logs.append, poll_s=0.01).run()
     assert done.stat().st_mtime_ns == stamp  # not refined twice
+    assert waits == [0.01]  # waited once, when nothing else was left
+    busy = next(i for i, line in enumerate(logs) if "transfer base: another process works on it" in line)
+    assert busy < logs.index("[gc3n4] transfer refined: running") < logs.index("[gc3n4] transfer base: running")
+    assert sum("done before" in line for line in logs) == 3  # λ = 0's refine, structure, transfer
     out = Path(world.paths.out)
     for name in ("REPORT.md", "summary.json", "G_overlay.png", "lattice.png", "training.png", "binding.png",
                  "errors_vs_size.png", "lambda_scan.png"):
@@ -175,7 +194,7 @@ def test_pipeline_end_to_end_then_cached(world):
     # the refinement trained: θ moved, and the refined checkpoint is what the steps evaluated
     refined = summary["refine"]["refined"]
     assert Path(refined["model"]).exists() and refined["lambda"] == 10.0
-    assert summary["refine"]["lambda_0"]["model"] == alone["model"]
+    assert summary["refine"]["lambda_0"]["model"] == alone["refine"]["model"]
     assert (Path(refined["dir"]) / "checkpoint.pt").exists()
     assert (Path(refined["dir"]) / "tensorboard").is_dir()
     md = (out / "report" / "REPORT.md").read_text()
@@ -183,7 +202,7 @@ def test_pipeline_end_to_end_then_cached(world):
     # a second run takes every step from its cache and rewrites the same report
     logs.clear()
     again = Pipeline(world, log=logs.append).run()
-    assert sum("done before" in line for line in logs) == 4
+    assert sum("done before" in line for line in logs) == 8  # the base: 2 items; refined and λ = 0: 3 each
     assert again["headline"] == report["headline"]
 
 
