@@ -302,7 +302,13 @@ class Pipeline:
         results.update(self._assemble(self.work()))
         results["binding_reference"] = binding_reference(cfg)
         results["lattice"] = self.targets.lattice
-        report = write_report(results, self.out / "report", cfg)
+        while True:  # two processes finishing together write the report one after the other
+            try:
+                with run_lock(self.out / "steps", "report.lock"):
+                    report = write_report(results, self.out / "report", cfg)
+                break
+            except LockHeld:
+                time.sleep(self.poll_s)
         self.log(report["headline"])
         self.log(f"[gc3n4] report: {report['report']}")
         return report
