@@ -200,3 +200,17 @@ def test_force_jacobian_times_coefficients_gives_the_forces():
     assert J.shape == (30, corr.coefficients.numel())
     forces = evaluate(corr, x, h, z).forces[0].reshape(-1)
     assert torch.allclose(J @ corr.coefficients.detach().reshape(-1), forces, rtol=1e-10, atol=1e-12)
+
+
+def test_energy_gradient_times_coefficients_gives_the_energy():
+    from difftre_torch.potentials.correction import energy_gradient
+
+    atoms = _system(15)
+    corr = _correction(16)
+    x, h, z = _tensors(atoms)
+    e = energy_gradient(corr, x[0], h[0], z)
+    assert e.shape == (corr.coefficients.numel(),)
+    shifts = corr.shifts.detach()[corr.species_of(z)].sum()
+    energy = corr(x, h, z)[0].detach()
+    assert abs(float(e @ corr.coefficients.detach().reshape(-1) + shifts - energy)) < 1e-10 * max(1.0, abs(float(energy)))
+    assert corr.coefficients.grad is None  # nothing left on the parameters

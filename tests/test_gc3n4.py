@@ -206,21 +206,28 @@ def test_pipeline_end_to_end_then_cached(world, monkeypatch):
     assert again["headline"] == report["headline"]
 
 
-def test_force_findings_say_what_the_numbers_say():
-    from recipes.gc3n4.report import force_findings
+def test_findings_say_what_the_numbers_say():
+    from recipes.gc3n4.report import findings
 
     name = "cell252: force RMSE vs reality refined < base, intervals apart"
     check = {"holds": False, "base": {"value": 74.0, "ci": [73.0, 75.0]}, "refined": {"value": 73.5, "ci": [72.5, 74.5]},
              "paired_difference": {"value": -0.5, "ci": [-0.7, -0.3]}}
-    transfer = {"refined": {"pair_ceiling": {"cell252": {"frames": 15, "base_forces_rmse_meV_per_A": 74.1,
-                                                         "ceiling_forces_rmse_meV_per_A": 65.8}}}}
-    text = "\n".join(force_findings({name: check}, transfer))
+    transfer = {"refined": {"pair_ceiling": {"cell252": {
+        "frames": 15, "base_forces_rmse_meV_per_A": 74.1, "ceiling_forces_rmse_meV_per_A": 65.8,
+        "base_energy_rmse_debiased_meV_per_atom": 0.38, "ceiling_energy_rmse_debiased_meV_per_atom": 0.52}}}}
+    text = "\n".join(findings({name: check}, transfer))
     assert "74.0 → 73.5" in text and "intervals overlap" in text
     assert "-0.50 [-0.70, -0.30]" in text and "better on the same frames" in text
     assert "65.8 meV/Å from the base's 74.1" in text
     check["paired_difference"] = {"value": 0.1, "ci": [-0.1, 0.3]}
-    assert "no change is resolved" in "\n".join(force_findings({name: check}, {"refined": {}}))
-    assert force_findings({name: {**check, "holds": True}}, transfer) == []
+    assert "no change is resolved" in "\n".join(findings({name: check}, {"refined": {}}))
+    assert findings({name: {**check, "holds": True}}, transfer) == []
+    energy = "cell252: de-biased energy RMSE vs reality refined <= base"
+    check = {"holds": False, "base": {"value": 0.38, "ci": [0.3, 0.45]}, "refined": {"value": 0.41, "ci": [0.33, 0.5]},
+             "paired_difference": {"value": 0.03, "ci": [0.01, 0.05]}}
+    text = "\n".join(findings({energy: check}, transfer))
+    assert "0.38 → 0.41 meV/atom" in text and "+0.03 [+0.01, +0.05] meV/atom" in text and "worse" in text
+    assert "gives 0.52 meV/atom here, from the base's 0.38" in text and "raises this error too" in text
 
 
 def test_an_output_folder_made_from_other_inputs_is_refused(tmp_path):

@@ -21,11 +21,11 @@ def _frames(base, truth, n=6, seed=0):
                       pbc=True)
         x, h, z = (torch.tensor(atoms.positions[None]), torch.tensor(atoms.cell.array[None]),
                    torch.tensor(atoms.numbers))
-        teacher = evaluate(base, x, h, z).forces[0].numpy()
-        extra = evaluate(truth, x, h, z).forces[0].numpy()
-        atoms.arrays["teacher_forces"] = teacher
-        atoms.info["teacher_energy"] = 0.0
-        atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=teacher + extra)
+        teacher, extra = evaluate(base, x, h, z), evaluate(truth, x, h, z)
+        atoms.arrays["teacher_forces"] = teacher.forces[0].numpy()
+        atoms.info["teacher_energy"] = float(teacher.energy[0])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(teacher.energy[0] + extra.energy[0]),
+                                           forces=(teacher.forces + extra.forces)[0].numpy())
         frames.append(atoms)
     return frames
 
@@ -46,3 +46,6 @@ def test_ceiling_recovers_a_correction_of_its_own_form():
         # the base misses exactly the correction's forces, which are the reality − teacher difference
         assert out[cell]["base_forces_rmse_meV_per_A"] == pytest.approx(out[cell]["d3_forces_rms_meV_per_A"])
         assert out[cell]["base_forces_rmse_meV_per_A"] > 1.0
+        # the fitted coefficients carry the energies too: only a constant (removed) is left
+        assert out[cell]["ceiling_energy_rmse_debiased_meV_per_atom"] == pytest.approx(0.0, abs=1e-6)
+        assert out[cell]["base_energy_rmse_debiased_meV_per_atom"] > 0.1

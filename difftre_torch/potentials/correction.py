@@ -228,3 +228,15 @@ def force_jacobian(correction: PairCorrection, positions: torch.Tensor, cell: to
             (g,) = torch.autograd.grad((basis[:, k] * mine[:, 0]).sum(), x, retain_graph=True)
             columns.append(-g[0].reshape(-1))
     return torch.stack(columns, dim=1)
+
+
+def energy_gradient(correction: PairCorrection, positions: torch.Tensor, cell: torch.Tensor,
+                    numbers: torch.Tensor) -> torch.Tensor:
+    """∂ΔU/∂c of one snapshot, [channels·K] eV per unit coefficient.
+
+    ΔU is linear in c (the pair sum and the mean field), so ΔU = e · c + Σ_i shift_{s(i)}.
+    positions [N, 3] Å, cell [3, 3] Å rows. Leaves the correction's coefficients unchanged."""
+    x = positions.detach()[None].to(correction.coefficients.dtype)
+    h = cell.detach()[None].to(x.dtype)
+    (g,) = torch.autograd.grad(correction(x, h, numbers).sum(), correction.coefficients)
+    return g.reshape(-1).detach()

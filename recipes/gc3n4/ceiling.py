@@ -8,7 +8,12 @@ labels: it learns c from the experiment. So the fit is a ceiling to compare the 
 against, not a model. It is fitted on the even frames of every held-out cell together and
 reported on the odd ones (frames are in time order, so the two halves interleave).
 
-Units: forces meV/Å in the output.
+The same coefficients also give each frame's energy (ΔU = e · c + constants,
+:func:`~difftre_torch.potentials.correction.energy_gradient`), so the fit says too what a
+correction that is best for forces does to the de-biased energy error (per cell, offset removed:
+RMSE about the mean of (E_model − E_reality)/N over the odd frames).
+
+Units: forces meV/Å, energies meV/atom in the output.
 """
 
 from __future__ import annotations
@@ -17,22 +22,26 @@ import numpy as np
 import torch
 
 from difftre_torch.evaluation import frame_labels, predict
-from difftre_torch.potentials.correction import PairCorrection, force_jacobian
+from difftre_torch.potentials.correction import PairCorrection, energy_gradient, force_jacobian
 
 
 def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list]) -> dict:
     """{"fit_frames", "coefficients_eV", cell: {"frames", "base_forces_rmse_meV_per_A",
-    "ceiling_forces_rmse_meV_per_A", "d3_forces_rms_meV_per_A"}} on the odd frames of each cell."""
+    "ceiling_forces_rmse_meV_per_A", "d3_forces_rms_meV_per_A", "base_energy_rmse_debiased_meV_per_atom",
+    "ceiling_energy_rmse_debiased_meV_per_atom"}} on the odd frames of each cell."""
     probe = PairCorrection(correction.spec, dtype=torch.float64)
     rows: dict[str, list] = {}
     for cell, frames in heldout.items():
         base_pred = predict(base, frames, stress=False)
         for index, (atoms, pred) in enumerate(zip(frames, base_pred)):
-            J = force_jacobian(probe, torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
-                               torch.tensor(atoms.numbers)).numpy()
-            reality = frame_labels(atoms).forces.reshape(-1)
+            x, h, z = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.numbers)
+            J = force_jacobian(probe, x, h, z).numpy()
+            e = energy_gradient(probe, x, h, z).numpy() / len(atoms)
+            labels = frame_labels(atoms)
+            reality = labels.forces.reshape(-1)
             teacher = frame_labels(atoms, "teacher").forces.reshape(-1)
-            rows.setdefault(cell, []).append((index % 2 == 0, J, reality - pred.forces.reshape(-1), reality - teacher))
+            rows.setdefault(cell, []).append((index % 2 == 0, J, reality - pred.forces.reshape(-1), reality - teacher,
+                                              e, (labels.energy - pred.energy) / len(atoms)))
     fit = [r for cell_rows in rows.values() for r in cell_rows if r[0]]
     if not fit:
         raise ValueError("pair_ceiling: no held-out frames to fit")
@@ -45,7 +54,11 @@ def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list]) -> 
         residual_base = np.concatenate([r[2] for r in held])
         residual_best = np.concatenate([r[2] - r[1] @ coefficients for r in held])
         d3 = np.concatenate([r[3] for r in held])
+        energy_base = np.array([r[5] for r in held])  # eV/atom, reality − base
+        energy_best = np.array([r[5] - r[4] @ coefficients for r in held])
         rms = lambda v: float(1e3 * np.sqrt(np.mean(v ** 2)))  # noqa: E731
         out[cell] = {"frames": len(held), "base_forces_rmse_meV_per_A": rms(residual_base),
-                     "ceiling_forces_rmse_meV_per_A": rms(residual_best), "d3_forces_rms_meV_per_A": rms(d3)}
+                     "ceiling_forces_rmse_meV_per_A": rms(residual_best), "d3_forces_rms_meV_per_A": rms(d3),
+                     "base_energy_rmse_debiased_meV_per_atom": rms(energy_base - energy_base.mean()),
+                     "ceiling_energy_rmse_debiased_meV_per_atom": rms(energy_best - energy_best.mean())}
     return out
