@@ -180,7 +180,7 @@ class Pipeline:
         out = [Item("structure_base", "base", lambda: compare_model(cfg, load_model(cfg), self.atoms, self.targets))]
         for lam, key in keys:
             out.append(Item("refine", key, lambda lam=lam: refine(
-                cfg, self.atoms, self.targets, self._teacher_frames if lam > 0 else None, lam)))
+                cfg, self.atoms, self.targets, lambda: self._teacher_frames, lam)))
         for _, key in keys:
             out.append(Item("structure_refined", key, lambda key=key: compare_model(
                 cfg, self._model(key, done), self.atoms, self.targets, seed_offset=2000), (("refine", key),)))

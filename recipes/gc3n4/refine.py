@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from ase import Atoms
 
@@ -44,10 +45,12 @@ def trainer_config(config: RecipeConfig, lam: float) -> TrainerConfig:
     )
 
 
-def refine(config: RecipeConfig, atoms: Atoms, targets: ExperimentTargets, teacher_frames: ReferenceFrames | None,
-           lam: float) -> dict:
+def refine(config: RecipeConfig, atoms: Atoms, targets: ExperimentTargets,
+           teacher_frames: Callable[[], ReferenceFrames], lam: float) -> dict:
     """Refine the base model with force-matching weight ``lam``; resumes from the run's
-    checkpoint. Returns {"dir", "model" (path of the refined checkpoint), "summary", "history"}."""
+    checkpoint. ``teacher_frames`` loads the DFT-like frames of the force matching (called only
+    when ``lam`` > 0 and the refinement has not finished before). Returns {"dir", "model" (path
+    of the refined checkpoint), "summary", "history"}."""
     out = run_dir(config, lam)
     done = out / "refine_result.json"
     if done.exists():
@@ -56,7 +59,7 @@ def refine(config: RecipeConfig, atoms: Atoms, targets: ExperimentTargets, teach
     sampler = make_sampler(config, atoms, [npt_point(config)], seed_offset=1000)
     trainer = DiffTReTrainer(potential, atoms, [npt_point(config)], targets.fit,
                              config=trainer_config(config, lam), out_dir=out, sampler=sampler,
-                             reference_frames=teacher_frames if lam > 0 else None)
+                             reference_frames=teacher_frames() if lam > 0 else None)
     summary = trainer.fit(resume=trainer.checkpoint_path.exists())
     history = [{"update": r["update"], "loss": r["loss"], "n_eff_ratio": r["n_eff_ratio"],
                 "resampled": r["resampled"], "state": r["state"]} for r in trainer.history]
