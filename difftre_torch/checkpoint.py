@@ -84,7 +84,11 @@ def _process_alive(pid: int) -> bool:
 
 
 class LockHeld(RuntimeError):
-    """A run lock is held by a live process (this host) or by another host."""
+    """A run lock is held by a live process (this host) or by another host; ``path``: the lock file."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @contextlib.contextmanager
@@ -114,7 +118,7 @@ def run_lock(directory: str | os.PathLike, name: str = "run.lock"):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             raise LockHeld(f"{path.parent} is in use by process {pid} on {host} (lock file {path}); "
-                               "wait for it to finish, or delete the lock if that process is gone") from None
+                           "wait for it to finish, or delete the lock if that process is gone", path) from None
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)
         break

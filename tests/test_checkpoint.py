@@ -35,9 +35,10 @@ def test_a_write_failing_halfway_keeps_the_old_file(tmp_path):
 def test_run_lock_refuses_a_second_holder_and_is_released(tmp_path):
     with run_lock(tmp_path) as path:
         assert json.loads(path.read_text())["pid"] > 0
-        with pytest.raises(LockHeld, match=r"in use by process \d+ on .*run\.lock"):
+        with pytest.raises(LockHeld, match=r"in use by process \d+ on .*run\.lock") as held:
             with run_lock(tmp_path):
                 pass
+        assert held.value.path == path
         with run_lock(tmp_path, "other.lock"):  # another name is another lock
             assert (tmp_path / "other.lock").exists()
     assert not (tmp_path / "run.lock").exists() and not (tmp_path / "other.lock").exists()

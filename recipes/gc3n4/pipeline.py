@@ -123,10 +123,12 @@ class Item:
 class Pipeline:
     """Runs the work items (:class:`Item`) in order, caching each under ``<out>/steps``; refuses
     an output folder made from other inputs (:func:`check_inputs`) unless ``fresh`` clears it
-    first. ``poll_s``: how often a process with nothing free to do looks again."""
+    first. ``poll_s``: how often a process with nothing free to do looks again; an item found
+    held is tried again when its lock file is gone, or after ``recheck_s`` (a holder that died
+    leaves its lock behind, which the next try takes over)."""
 
     def __init__(self, config: RecipeConfig, redo: tuple[str, ...] = (), log=print, fresh: bool = False,
-                 poll_s: float = 30.0) -> None:
+                 poll_s: float = 30.0, recheck_s: float = 600.0) -> None:
         import shutil
 
         self.config = config
@@ -134,6 +136,7 @@ class Pipeline:
         self.redo = set(redo)
         self.log = log
         self.poll_s = poll_s
+        self.recheck_s = recheck_s
         self.atoms = start_cell(config)
         self.targets = experiment_targets(config)
         if fresh:
@@ -222,6 +225,7 @@ class Pipeline:
         done: dict[tuple[str, str], dict] = {}
         items = [i for i in self.items(done) if only is None or i.name == only]
         told: set[tuple[str, str]] = set()
+        held: dict[tuple[str, str], tuple[Path, float]] = {}  # item → (lock file, when found held)
         while len(done) < len(items):
             ran = False
             for item in items:
@@ -237,6 +241,10 @@ class Pipeline:
                     continue
                 if any(need not in done for need in item.needs):
                     continue
+                if key in held:
+                    lock, since = held[key]
+                    if lock.exists() and time.monotonic() - since < self.recheck_s:
+                        continue
                 path = self._item_file(item)
                 try:
                     with run_lock(path.parent, f"{item.name}.lock"):
@@ -250,6 +258,7 @@ class Pipeline:
                         done[key] = json.loads(path.read_text())
                         told.add(key)
                 except LockHeld as busy:
+                    held[key] = (busy.path, time.monotonic())
                     if key not in told:
                         self.log(f"[gc3n4] {item.step} {item.name}: another process works on it ({busy})")
                         told.add(key)
