@@ -27,16 +27,10 @@ from ase.io import read
 
 
 def energies_per_atom_meV(correction: torch.nn.Module, frames: list) -> np.ndarray:
-    """ΔU/N of each frame, meV/atom; ``correction`` maps (positions [1, N, 3] Å, cell [1, 3, 3]
-    Å rows, numbers [N]) to energies [1] eV."""
-    dtype = next(correction.parameters()).dtype
-    out = []
-    with torch.no_grad():
-        for atoms in frames:
-            x = torch.tensor(atoms.positions[None], dtype=dtype)
-            h = torch.tensor(atoms.cell.array[None], dtype=dtype)
-            out.append(float(correction(x, h, torch.tensor(atoms.numbers))[0]) / len(atoms))
-    return 1e3 * np.asarray(out)
+    """ΔU/N of each frame, meV/atom, through :func:`difftre_torch.evaluation.predict`."""
+    from difftre_torch.evaluation import predict
+
+    return 1e3 * np.asarray([p.energy / len(a) for p, a in zip(predict(correction, frames, stress=False), frames)])
 
 
 def reference_per_atom_meV(calc: Calculator, frames: list) -> np.ndarray:
