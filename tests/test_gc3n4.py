@@ -199,6 +199,12 @@ def test_pipeline_end_to_end_then_cached(world, monkeypatch):
     assert (Path(refined["dir"]) / "tensorboard").is_dir()
     md = (out / "report" / "REPORT.md").read_text()
     assert "## Transferability" in md and "E RMSE − bias" in md
+    # the λ scan's table: one row per model, the refined row's paired change as the criteria's
+    scan = md.split("## λ scan")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in scan.splitlines() if line.startswith("| ")}
+    assert {"base", "refined", "lambda_0", "experiment (reality)"} <= set(rows)
+    assert rows["lambda_0"].startswith("| lambda_0 | 0 | ") and rows["refined"].startswith("| refined | 10 | ")
+    assert f"{paired['value']:+.2f} [{paired['ci'][0]:+.2f}, {paired['ci'][1]:+.2f}]" in rows["refined"]
     # a second run takes every step from its cache and rewrites the same report
     logs.clear()
     again = Pipeline(world, log=logs.append).run()
