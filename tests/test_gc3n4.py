@@ -255,3 +255,13 @@ def test_an_output_folder_made_from_other_inputs_is_refused(tmp_path):
     check_inputs(out, input_fingerprint(config))
     with pytest.raises(RuntimeError, match=r"changed: config"):
         check_inputs(out, input_fingerprint(other))
+
+
+def test_summary_paths_are_relative_to_the_repository():
+    from recipes.gc3n4.report import portable
+
+    root = Path("/repo/root")
+    obj = {"model": "/repo/root/outputs/m.pt", "other": "/elsewhere/x", "n": 3,
+           "runs": [{"dir": "/repo/root/outputs/run"}, "/repo/rootless/y"]}
+    assert portable(obj, root) == {"model": "outputs/m.pt", "other": "/elsewhere/x", "n": 3,
+                                   "runs": [{"dir": "outputs/run"}, "/repo/rootless/y"]}

@@ -18,6 +18,13 @@ from difftre_torch.monitor import save_figure
 from recipes.gc3n4.inputs import NPT, NVT
 
 LATTICE = (("a", "a_A"), ("c", "c_A"), ("spacing", "spacing_A"))
+_LINES, _MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")
+
+
+def style(i: int) -> dict:
+    """Matplotlib style of the i-th model: its own colour, line style and marker, so models whose
+    curves coincide (λ = 0 and λ = 1000 here) stay distinguishable."""
+    return {"color": f"C{i % 10}", "ls": _LINES[i % len(_LINES)], "marker": _MARKERS[i % len(_MARKERS)]}
 
 
 def _fig(nrows=1, ncols=1, size=(6.4, 4.0)):
@@ -26,6 +33,19 @@ def _fig(nrows=1, ncols=1, size=(6.4, 4.0)):
     fig = Figure(figsize=size, constrained_layout=True)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
+
+
+def portable(obj, root: Path):
+    """``obj`` (JSON-like) with every string path under ``root`` made relative to it, so that a
+    summary names files the same way on every machine."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(prefix):
+        return obj[len(prefix):]
+    return obj
 
 
 def structure_of(results: dict) -> dict[str, dict]:
@@ -187,9 +207,10 @@ def figure_G(structure: dict, path: Path) -> Path:
         s = np.asarray(exp["sigma_experiment"]) if exp["sigma_experiment"] else np.zeros_like(y)
         ax.fill_between(x, y - 2 * s, y + 2 * s, color="0.7", label="experiment ± 2σ")
         ax.plot(x, y, color="k", lw=1.0, label="experiment")
-        for name, comp in structure.items():
+        for i, (name, comp) in enumerate(structure.items()):
             t = comp[point]["targets"]["G_total"]
-            ax.plot(x, t["model"], lw=1.0, label=f"{name} (R_w {t['r_w']:.3f})")
+            st = style(i)
+            ax.plot(x, t["model"], lw=1.0, color=st["color"], ls=st["ls"], label=f"{name} (R_w {t['r_w']:.3f})")
         ax.set_xlabel("r (Å)")
         ax.set_ylabel("G(r) (Å⁻²)")
         ax.set_title(f"total G(r) through the instrument's Q range, {title}")
@@ -202,7 +223,7 @@ def figure_lattice(structure: dict, lattice: dict, path: Path) -> Path:
     names = list(structure)
     for ax, (name, key) in zip(axes[0], LATTICE):
         values = [lattice_values(structure[m])[name] for m in names]
-        ax.bar(range(len(names)), values, color="C0")
+        ax.bar(range(len(names)), values, color=[style(i)["color"] for i in range(len(names))])
         ax.axhline(lattice[key], color="k", label="experiment")
         err = lattice[key.replace("_A", "_err_A")]
         ax.axhspan(lattice[key] - 2 * err, lattice[key] + 2 * err, color="0.8")
@@ -215,29 +236,35 @@ def figure_lattice(structure: dict, lattice: dict, path: Path) -> Path:
 
 
 def figure_training(refine: dict, path: Path) -> Path:
-    fig, axes = _fig(2, 1, (7.0, 6.0))
-    for name, run in refine.items():
-        hist = run["history"]
-        if not hist:
-            continue
+    """One loss panel per run (total and its terms, log scale; the selected θ circled) and one
+    N_eff/N panel for all runs (resamples as ticks in the run's colour)."""
+    runs = [(name, run) for name, run in refine.items() if run["history"]]
+    fig, axes = _fig(len(runs) + 1, 1, (7.0, 2.4 * (len(runs) + 1)))
+    neff = axes[len(runs), 0]
+    for i, (name, run) in enumerate(runs):
+        hist, ax, st = run["history"], axes[i, 0], style(i + 1)  # index 0 is the base's colour
         u = [h["update"] for h in hist]
-        axes[0, 0].semilogy(u, [h["loss"]["total"] for h in hist], label=f"{name}: total")
-        for key in hist[0]["loss"]:
-            if key not in ("total", "fm_energy_mse", "fm_force_mse"):
-                axes[0, 0].semilogy(u, [h["loss"][key] for h in hist], lw=0.8, ls="--", label=f"{name}: {key}")
-        axes[1, 0].plot(u, [min(h["n_eff_ratio"].values()) for h in hist], marker=".", label=name)
-        res = [h["update"] for h in hist if h["resampled"]]
-        axes[1, 0].plot(res, [0.02] * len(res), "|", ms=12, color="k")
+        ax.semilogy(u, [h["loss"]["total"] for h in hist], color="k", lw=1.5, label="total")
+        terms = [k for k in hist[0]["loss"] if k not in ("total", "fm_energy_mse", "fm_force_mse")]
+        for j, key in enumerate(terms):
+            ax.semilogy(u, [h["loss"][key] for h in hist], lw=0.8, ls="--", color=f"C{(j + 5) % 10}", label=key)
         selected = run.get("selected") or {}
         if selected.get("rule") == "best":  # the θ that became the refined model
-            axes[0, 0].plot([selected["update"]], [selected["loss"]], "o", mfc="none", ms=9,
-                            label=f"{name}: selected (update {selected['update']})")
-            axes[1, 0].axhline(selected["min_n_eff_ratio"], color="0.6", ls=":", lw=0.8)
-    axes[0, 0].set_ylabel("loss")
-    axes[0, 0].legend(fontsize=6)
-    axes[1, 0].set_ylabel("N_eff / N (| resampled; ⋯ select threshold)")
-    axes[1, 0].set_xlabel("update")
-    axes[1, 0].set_ylim(0, 1.05)
+            ax.plot([selected["update"]], [selected["loss"]], "o", mfc="none", mec="r", ms=10,
+                    label=f"selected (update {selected['update']})")
+            neff.axhline(selected["min_n_eff_ratio"], color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"{name} (λ = {run['lambda']:g})", fontsize=9)
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=6, ncol=3)
+        neff.plot(u, [min(h["n_eff_ratio"].values()) for h in hist], color=st["color"], ls=st["ls"],
+                  marker=st["marker"], ms=3, label=name)
+        res = [h["update"] for h in hist if h["resampled"]]
+        neff.plot(res, [0.03 + 0.05 * i] * len(res), "|", ms=8, color=st["color"])
+    neff.set_ylabel("N_eff / N")
+    neff.set_title("N_eff/N (| resampled; ⋯ select threshold)", fontsize=9)
+    neff.set_xlabel("update")
+    neff.set_ylim(0, 1.05)
+    neff.legend(fontsize=6)
     return save_figure(fig, path)
 
 
@@ -247,13 +274,14 @@ def figure_binding(transfer: dict, reference: dict, path: Path) -> Path:
     d = reference["spacing_A"]
     ax.plot(d, reference["teacher_meV_per_atom"], "k--", label="teacher (PBE-like)")
     ax.plot(d, reference["reality_meV_per_atom"], "k-", label="reality (+D3)")
-    for name, t in transfer.items():
-        if name == "wall_s":
-            continue
-        b = t["binding"]
-        ax.plot(b["spacing_A"], b["meV_per_atom"], marker="o", ms=3, label=name)
+    lows = [float(np.min(reference["teacher_meV_per_atom"])), float(np.min(reference["reality_meV_per_atom"]))]
+    for i, name in enumerate(n for n in transfer if n != "wall_s"):
+        b = transfer[name]["binding"]
+        st = style(i)
+        ax.plot(b["spacing_A"], b["meV_per_atom"], ms=3, lw=1.0, **st, label=name)
+        lows.append(float(np.min(b["meV_per_atom"])))
     ax.set_xlim(2.8, 6.0)
-    ax.set_ylim(-60, 40)
+    ax.set_ylim(min(lows) - 5.0, 40)  # every well's bottom in view
     ax.set_xlabel("interlayer spacing (Å)")
     ax.set_ylabel("ΔE (meV/atom, vs 8 Å)")
     ax.legend(fontsize=7)
@@ -266,13 +294,18 @@ def figure_errors(transfer: dict, path: Path) -> Path:
                                       ("energy_rmse_debiased_meV_per_atom", "E RMSE − offset vs reality (meV/atom)"))):
         ax = axes[0, k]
         for j, (name, t) in enumerate((n, t) for n, t in transfer.items() if n != "wall_s"):
+            st = style(j)
             cells = list(t["heldout"].values())
             n = np.array([c["atoms"] for c in cells], dtype=float) * (1 + 0.02 * j)
             v = np.array([c["vs_reality"][key]["value"] for c in cells])
             lo = v - np.array([c["vs_reality"][key]["ci"][0] for c in cells])
             hi = np.array([c["vs_reality"][key]["ci"][1] for c in cells]) - v
-            ax.errorbar(n, v, yerr=[lo, hi], marker="o", capsize=3, label=name)
+            ax.errorbar(n, v, yerr=[lo, hi], capsize=3, ms=4, **st, label=name)
         ax.set_xscale("log")
+        atoms = sorted({c["atoms"] for t in transfer.values() if isinstance(t, dict) and "heldout" in t
+                        for c in t["heldout"].values()})
+        ax.set_xticks(atoms, [str(a) for a in atoms])
+        ax.minorticks_off()
         ax.set_xlabel("atoms in the cell")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
@@ -282,11 +315,12 @@ def figure_errors(transfer: dict, path: Path) -> Path:
 def figure_lambda(structure: dict, transfer: dict, path: Path) -> Path:
     fig, axes = _fig()
     ax = axes[0, 0]
-    for name in structure:
+    for i, name in enumerate(structure):
         rw = structure[name][NPT]["targets"]["G_total"]["r_w"]
         f = transfer[name]["teacher_test"]["forces_rmse_meV_per_A"]
+        st = style(i)
         ax.errorbar([f["value"]], [rw], xerr=[[f["value"] - f["ci"][0]], [f["ci"][1] - f["value"]]],
-                    marker="o", capsize=3, label=name)
+                    marker=st["marker"], color=st["color"], mfc="none", ms=6 + 3 * i, capsize=3, label=name)
     ax.set_xlabel("force RMSE vs teacher test split (meV/Å)")
     ax.set_ylabel("R_w of total G(r) vs experiment")
     ax.legend(fontsize=7)
@@ -376,10 +410,12 @@ def write_report(results: dict, out: Path, config) -> dict:
         "refine": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in refine.items()},
         "wall_s": {step: results[step].get("wall_s") for step in
                    ("structure_base", "refine", "structure_refined", "transfer")},
-        "figures": {k: str(v) for k, v in figures.items()},
+        "figures": {k: Path(v).name for k, v in figures.items()},  # in the report's folder
         "config": results["config"],
     }
-    atomic_write_json(out / "summary.json", summary)
+    from recipes.gc3n4.config import ROOT
+
+    atomic_write_json(out / "summary.json", portable(summary, ROOT))
     md = [
         "# g-C3N4: the MLIP against experiment, refined with DiffTRe",
         "",
