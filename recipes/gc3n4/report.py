@@ -275,7 +275,7 @@ def figure_binding(transfer: dict, reference: dict, path: Path) -> Path:
     ax.plot(d, reference["teacher_meV_per_atom"], "k--", label="teacher (PBE-like)")
     ax.plot(d, reference["reality_meV_per_atom"], "k-", label="reality (+D3)")
     lows = [float(np.min(reference["teacher_meV_per_atom"])), float(np.min(reference["reality_meV_per_atom"]))]
-    for i, name in enumerate(n for n in transfer if n != "wall_s"):
+    for i, name in enumerate(transfer):
         b = transfer[name]["binding"]
         st = style(i)
         ax.plot(b["spacing_A"], b["meV_per_atom"], ms=3, lw=1.0, **st, label=name)
@@ -293,7 +293,7 @@ def figure_errors(transfer: dict, path: Path) -> Path:
     for k, (key, label) in enumerate((("forces_rmse_meV_per_A", "force RMSE vs reality (meV/Å)"),
                                       ("energy_rmse_debiased_meV_per_atom", "E RMSE − offset vs reality (meV/atom)"))):
         ax = axes[0, k]
-        for j, (name, t) in enumerate((n, t) for n, t in transfer.items() if n != "wall_s"):
+        for j, (name, t) in enumerate(transfer.items()):
             st = style(j)
             cells = list(t["heldout"].values())
             n = np.array([c["atoms"] for c in cells], dtype=float) * (1 + 0.02 * j)
@@ -302,8 +302,7 @@ def figure_errors(transfer: dict, path: Path) -> Path:
             hi = np.array([c["vs_reality"][key]["ci"][1] for c in cells]) - v
             ax.errorbar(n, v, yerr=[lo, hi], capsize=3, ms=4, **st, label=name)
         ax.set_xscale("log")
-        atoms = sorted({c["atoms"] for t in transfer.values() if isinstance(t, dict) and "heldout" in t
-                        for c in t["heldout"].values()})
+        atoms = sorted({c["atoms"] for t in transfer.values() for c in t["heldout"].values()})
         ax.set_xticks(atoms, [str(a) for a in atoms])
         ax.minorticks_off()
         ax.set_xlabel("atoms in the cell")
@@ -363,8 +362,6 @@ def _error_table(transfer: dict) -> list[str]:
     lines = ["| model | set | frames | E RMSE | E bias | E RMSE − bias | F RMSE | F in-plane | F out-of-plane | σ RMSE (GPa) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t in transfer.items():
-        if name == "wall_s":
-            continue
         sets = [(f"{cell} ({e['atoms']} atoms) vs {ref}", e[f"vs_{ref}"])
                 for cell, e in t["heldout"].items() for ref in ("reality", "teacher")]
         sets.append(("teacher test split", t["teacher_test"]))

@@ -83,7 +83,8 @@ def rigid_spacing(atoms: Atoms, spacing_A: float, layers: int = 2) -> Atoms:
     return out
 
 
-def _energy_eV(calc, atoms: Atoms) -> float:
+def energy_eV(calc, atoms: Atoms) -> float:
+    """``calc``'s potential energy of a copy of ``atoms`` (eV); ``atoms`` keeps its own calculator."""
     atoms = atoms.copy()
     atoms.calc = calc
     return float(atoms.get_potential_energy())
@@ -97,8 +98,8 @@ def binding_curve(calc, unit: Atoms, spacings_A: Sequence[float],
     (cell rows), moved rigidly by :func:`rigid_spacing`. Returns shape [len(spacings_A)], float64.
     """
     n_atoms = len(unit)
-    reference = _energy_eV(calc, rigid_spacing(unit, reference_spacing_A))
-    energies = [_energy_eV(calc, rigid_spacing(unit, float(d))) for d in spacings_A]
+    reference = energy_eV(calc, rigid_spacing(unit, reference_spacing_A))
+    energies = [energy_eV(calc, rigid_spacing(unit, float(d))) for d in spacings_A]
     return (np.asarray(energies, dtype=np.float64) - reference) / n_atoms * 1e3
 
 

@@ -35,12 +35,9 @@ def energies_per_atom_meV(correction: torch.nn.Module, frames: list) -> np.ndarr
 
 def reference_per_atom_meV(calc: Calculator, frames: list) -> np.ndarray:
     """The reference calculator's energy per atom of each frame, meV/atom."""
-    out = []
-    for atoms in frames:
-        a = atoms.copy()
-        a.calc = calc
-        out.append(a.get_potential_energy() / len(a))
-    return 1e3 * np.asarray(out)
+    from recipes.world.binding import energy_eV
+
+    return 1e3 * np.asarray([energy_eV(calc, atoms) / len(atoms) for atoms in frames])
 
 
 def compare(correction_meV: np.ndarray, reference_meV: np.ndarray) -> dict:
