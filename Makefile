@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup run run-lj test test-slow world-setup gc3n4
 
-$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+# difftre_torch/__init__.py holds __version__ (setup.cfg reads it): a new version reinstalls
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml difftre_torch/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -19,12 +20,12 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m recipes.gc3n4 --quick $(ARGS)
+	$(VENV)/bin/difftre refine recipes/gc3n4/quick.yaml $(ARGS)
 
 gc3n4: run
 
 run-lj: $(VENV)/.installed
-	$(PY) -m difftre_torch.run $(ARGS)
+	$(VENV)/bin/difftre refine lj_argon $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)

@@ -40,5 +40,5 @@ stage test_cuda 180 python3 -m pytest -q -rs tests/test_cuda.py
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 stage bench_update 130 python3 -m benchmarks.update --device cuda --model nequip --sizes 100 1000 --out "$out/RESULTS.md"
 stage bench_sampling 130 python3 -m benchmarks.sampling --device cuda --model nequip lj --seconds 2 --out "$out/RESULTS.md"
-stage gc3n4_quick $(($(left) - 10)) python3 -m recipes.gc3n4 --quick --out "${TMPDIR:-/tmp}/gc3n4_cuda"
+stage gc3n4_quick $(($(left) - 10)) python3 -m difftre_torch refine recipes/gc3n4/quick.yaml --out "${TMPDIR:-/tmp}/gc3n4_cuda"
 echo "total $((SECONDS - start)) s" >>"$out/summary.txt"

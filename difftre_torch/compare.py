@@ -30,7 +30,7 @@ import torch
 from difftre_torch import statistics
 from difftre_torch.experiment.target import Target
 from difftre_torch.observables.registry import static_observables
-from difftre_torch.sampling.sampler import RawSamples
+from difftre_torch.sampling.base import RawSamples
 
 
 def r_weighted(observed, calculated, sigma=None) -> float:

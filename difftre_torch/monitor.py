@@ -1,16 +1,6 @@
-"""Monitoring: TensorBoard scalars and figures, a plain-text log line per update, and plots.
-
-TensorBoard tags (grouped as the TensorBoard UI folds them):
-
-* ``loss/total``, ``loss/<target name>``, ``loss/force_matching``, ``loss/fm_energy_mse``,
-  ``loss/fm_force_mse``;
-* ``reweight/n_eff/<state point>`` (N_eff) and ``reweight/n_eff_ratio/<state point>`` (N_eff/N),
-  ``reweight/resampled`` (1 when the update resampled);
-* ``grad/norm`` (before clipping), ``lr``;
-* ``time/sample``, ``time/update`` (s);
-* ``state/<state point>/a_A`` … ``c_A`` (reweighted lattice lengths, Å), ``volume_A3``,
-  ``pressure_GPa`` (virial pressure at sampling time);
-* figures ``targets/<target name>``: prediction vs experiment.
+"""Plots and text of a fit: target and history figures, the plain-text line per update, the
+scalar parameters worth logging. The callbacks that write them during a fit (TensorBoard, the
+log file, the progress bar) are in :mod:`difftre_torch.callbacks`.
 
 Plots use matplotlib's object API with the headless Agg backend and return the figure.
 """
@@ -18,12 +8,13 @@ Plots use matplotlib's object API with the headless Agg backend and return the f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from difftre_torch.experiment.target import Target
+from difftre_torch.records import UpdateRecord
 
 
 def target_figure(target: Target, prediction: np.ndarray, initial: np.ndarray | None = None):
@@ -58,19 +49,19 @@ def target_figure(target: Target, prediction: np.ndarray, initial: np.ndarray | 
     return fig
 
 
-def history_figure(history: Sequence[Mapping]):
-    """Loss and N_eff/N against the update number; a Figure."""
+def history_figure(history: Sequence[UpdateRecord]):
+    """Loss and N_eff/N against the update number of each record; a Figure."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.0, 3.0), layout="constrained")
     ax_loss, ax_neff = fig.subplots(1, 2)
-    steps = [h["update"] for h in history]
-    ax_loss.semilogy(steps, [max(h["loss"]["total"], 1e-300) for h in history], "k-")
+    steps = [h.update for h in history]
+    ax_loss.semilogy(steps, [max(h.loss["total"], 1e-300) for h in history], "k-")
     ax_loss.set_xlabel("update")
     ax_loss.set_ylabel("loss")
-    names = list(history[0]["n_eff_ratio"]) if history else []
+    names = list(history[0].n_eff_ratio) if history else []
     for name in names:
-        ax_neff.plot(steps, [h["n_eff_ratio"][name] for h in history], label=name)
+        ax_neff.plot(steps, [h.n_eff_ratio[name] for h in history], label=name)
     ax_neff.set_xlabel("update")
     ax_neff.set_ylabel("N_eff / N")
     if names:
@@ -89,54 +80,14 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def log_line(record: Mapping) -> str:
+def log_line(record: UpdateRecord) -> str:
     """One plain-text line per update."""
-    loss = record["loss"]
+    loss = record.loss
     terms = " ".join(f"{k}={v:.4g}" for k, v in loss.items() if k != "total")
-    n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record["n_eff_ratio"].items())
-    return (f"update {record['update']:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
-            f"|g|={record['grad_norm']:.3g}  lr={record['lr']:.3g}"
-            f"{'  resampled' if record['resampled'] else ''}")
-
-
-class Monitor:
-    """TensorBoard writer (created lazily; ``purge_step`` on resume drops stale events)."""
-
-    def __init__(self, log_dir: str | Path | None, purge_step: int | None = None) -> None:
-        self.writer = None
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-    def scalars(self, record: Mapping, step: int) -> None:
-        if self.writer is None:
-            return
-        add = self.writer.add_scalar
-        for key, value in record["loss"].items():
-            add(f"loss/{key}", value, step)
-        for name, value in record["n_eff"].items():
-            add(f"reweight/n_eff/{name}", value, step)
-            add(f"reweight/n_eff_ratio/{name}", record["n_eff_ratio"][name], step)
-        add("reweight/resampled", float(record["resampled"]), step)
-        add("grad/norm", record["grad_norm"], step)
-        add("lr", record["lr"], step)
-        for key, value in record["time"].items():
-            add(f"time/{key}", value, step)
-        for name, values in record["state"].items():
-            for key, value in values.items():
-                add(f"state/{name}/{key}", value, step)
-        for name, value in record.get("parameters", {}).items():
-            add(f"param/{name}", value, step)
-
-    def figure(self, tag: str, fig, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_figure(tag, fig, step, close=False)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+    n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record.n_eff_ratio.items())
+    return (f"update {record.update:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
+            f"|g|={record.grad_norm:.3g}  lr={record.lr:.3g}"
+            f"{'  resampled' if record.resampled else ''}")
 
 
 def scalar_parameters(potential: torch.nn.Module, limit: int = 8) -> dict[str, float]:

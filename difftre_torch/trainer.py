@@ -12,7 +12,9 @@ One update (Thaler & Zavadlav, Nat. Commun. 12, 6884 (2021), doi:10.1038/s41467-
    state point, sample again at θ and recompute (the step is never taken on stale weights);
 3. add λ · ∇L_FM on a minibatch of labelled reference frames (force matching);
 4. clip, step the optimiser and the learning-rate schedule;
-5. log (TensorBoard, tqdm, a text line) and write the checkpoint atomically.
+5. hand the update's record to the callbacks (:mod:`difftre_torch.callbacks`; by default
+   TensorBoard, target figures, ``train.log``, the tqdm bar and the checkpoint, written
+   atomically).
 
 The trainer owns no physics: observables live in :mod:`difftre_torch.observables`, the loss in
 :mod:`difftre_torch.objective` / :mod:`difftre_torch.loss`, the gradient in
@@ -20,7 +22,8 @@ The trainer owns no physics: observables live in :mod:`difftre_torch.observables
 
 A checkpoint (``<out_dir>/checkpoint.pt``) holds the parameters, optimiser, scheduler, RNG
 states (torch, NumPy, Python, the minibatch generator, every replica's integrator), the
-snapshot stores, the history and the update counter; ``fit(resume=True)`` continues exactly
+snapshot stores, the history (each :class:`~difftre_torch.records.UpdateRecord` as its
+``to_json()`` dict) and the update counter; ``fit(resume=True)`` continues exactly
 (bit-identical parameters on CPU). At the end the refined potential, the final observables
 against the targets (PNG and CSV, from a fresh sample with the refined model) and
 ``summary.json`` are written, each atomically.
@@ -31,7 +34,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
+from difftre_torch.callbacks import Callback, default_callbacks
 from difftre_torch.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -49,14 +54,16 @@ from difftre_torch.checkpoint import (
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
 from difftre_torch.gradient import difftre_gradient, reweight
-from difftre_torch.monitor import Monitor, history_figure, log_line, save_figure, scalar_parameters, target_figure
+from difftre_torch.monitor import history_figure, save_figure, scalar_parameters, target_figure
 from difftre_torch.objective import assign_targets, fill_store, make_chunk_fn, make_loss_fn, reweighted_predictions
 from difftre_torch.observables.thermo import lattice_lengths, pressure
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
 from difftre_torch.potentials.base import Potential
 from difftre_torch.potentials.io import save_potential
+from difftre_torch.records import RunSummary, UpdateRecord
 from difftre_torch.reweighting import reweighted_mean
-from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.base import Sampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.sampler import AseSampler
 from difftre_torch.sampling.store import SnapshotStore
 
 CHECKPOINT_FORMAT = 1
@@ -64,57 +71,62 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass
 class TrainerConfig:
-    """Optimisation settings.
+    """Optimisation settings (each field's meaning and unit in its ``metadata["doc"]``).
 
-    updates: optimiser steps in total. learning_rate: Adam's step size (parameter units).
-    adam_betas: Adam's (β1, β2); a smaller β1 damps the overshoot that momentum causes when
-    the gradient shrinks by orders of magnitude near the optimum.
-    lr_schedule: "constant", "exponential" (× lr_decay per update) or "cosine" (to
-    lr_min_factor · learning_rate at the last update). grad_clip_norm: clip the total gradient
-    norm (None: no clipping). resample_ratio: resample when N_eff/N falls below it.
-    chunk_size: snapshots per chunk of the gradient (bounds memory). force_matching_weight: λ of
-    L_FM (0: off); fm_energy_weight, fm_force_weight: w_E, w_F inside L_FM; fm_batch_frames:
-    frames per update. figure_every: target figures to TensorBoard every so many updates.
-    final_sample: sample once more with the refined model for the final comparison.
-    select: which θ becomes the refined potential. "last": θ after the last update's step (that
-    step's effect is never itself evaluated). "best": the θ at which the lowest loss was
-    evaluated, among the updates whose N_eff/N is ≥ ``select_min_n_eff_ratio`` at every state
-    point (estimates close to what a fresh sample gives); "last" if no update qualifies.
+    tensorboard, figure_every, progress configure the default callbacks
+    (:func:`~difftre_torch.callbacks.default_callbacks`). select: "last" is θ after the last
+    step (that step's effect is never itself evaluated); "best" is the θ at which the lowest
+    loss was evaluated among the updates whose N_eff/N ≥ ``select_min_n_eff_ratio`` at every
+    state point (estimates close to a fresh sample's), "last" if no update qualifies.
     """
 
-    updates: int = 30
-    learning_rate: float = 1e-3
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: str = "constant"
-    lr_decay: float = 0.95
-    lr_min_factor: float = 0.1
-    grad_clip_norm: float | None = None
-    resample_ratio: float = 0.9
-    chunk_size: int = 64
-    force_matching_weight: float = 0.0
-    fm_energy_weight: float = 1.0
-    fm_force_weight: float = 1.0
-    fm_batch_frames: int = 16
-    figure_every: int = 5
-    tensorboard: bool = True
-    progress: bool = True
-    final_sample: bool = True
-    seed: int = 0
-    select: str = "last"
-    select_min_n_eff_ratio: float = 0.9
+    updates: int = field(default=30, metadata={"doc": "optimiser steps in total"})
+    learning_rate: float = field(default=1e-3, metadata={"doc": "Adam's step size (units of θ)"})
+    adam_betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata={"doc": "Adam's (β1, β2); a small β1 damps the overshoot of momentum "
+                                                "when the gradient shrinks by orders of magnitude"})
+    lr_schedule: str = field(default="constant", metadata={"doc": "constant, exponential (× lr_decay per update) "
+                                                                  "or cosine (to lr_min_factor · learning_rate)"})
+    lr_decay: float = field(default=0.95, metadata={"doc": "exponential schedule: factor per update"})
+    lr_min_factor: float = field(default=0.1, metadata={"doc": "cosine schedule: final rate / learning_rate"})
+    grad_clip_norm: float | None = field(default=None, metadata={"doc": "clip the total gradient norm (null: never)"})
+    resample_ratio: float = field(default=0.9, metadata={"doc": "sample again when N_eff/N falls below it, in (0, 1]"})
+    chunk_size: int = field(default=64, metadata={"doc": "snapshots per chunk of the gradient (bounds memory)"})
+    force_matching_weight: float = field(default=0.0, metadata={"doc": "λ of L_FM (eV⁻² Å²: L_FM is an MSE in "
+                                                                       "eV²/Å²); 0: no force matching"})
+    fm_energy_weight: float = field(default=1.0, metadata={"doc": "w_E, the energy term's weight inside L_FM"})
+    fm_force_weight: float = field(default=1.0, metadata={"doc": "w_F, the force term's weight inside L_FM"})
+    fm_batch_frames: int = field(default=16, metadata={"doc": "labelled frames per update in L_FM"})
+    figure_every: int = field(default=5, metadata={"doc": "target figures to TensorBoard every so many updates"})
+    tensorboard: bool = field(default=True, metadata={"doc": "write TensorBoard events"})
+    progress: bool = field(default=True, metadata={"doc": "a tqdm bar of the updates (else plain log lines)"})
+    final_sample: bool = field(default=True, metadata={"doc": "sample once more with the refined model for the "
+                                                              "final comparison (difftre refine: off, its "
+                                                              "comparison step samples)"})
+    seed: int = field(default=0, metadata={"doc": "seed of the force-matching minibatch draws"})
+    select: str = field(default="last", metadata={"doc": "the refined θ: last (after the last step) or best (the "
+                                                         "lowest loss evaluated with N_eff/N ≥ select_min_n_eff_ratio)"})
+    select_min_n_eff_ratio: float = field(default=0.9, metadata={"doc": "select: best: the N_eff/N an update "
+                                                                         "needs to count, in (0, 1]"})
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "exponential", "cosine"):
             raise ValueError(f"TrainerConfig.lr_schedule: expected 'constant', 'exponential' or "
                              f"'cosine', got {self.lr_schedule!r}")
-        if not 0.0 < self.resample_ratio <= 1.0:
-            raise ValueError(f"TrainerConfig.resample_ratio: expected in (0, 1], got {self.resample_ratio}")
-        if self.updates < 0 or self.chunk_size < 1 or self.learning_rate <= 0:
-            raise ValueError("TrainerConfig: updates >= 0, chunk_size >= 1 and learning_rate > 0 are required")
-        if self.force_matching_weight < 0:
-            raise ValueError("TrainerConfig.force_matching_weight must be >= 0")
         if self.select not in ("last", "best"):
             raise ValueError(f"TrainerConfig.select: expected 'last' or 'best', got {self.select!r}")
+        checks = (("updates", self.updates >= 0, ">= 0"), ("chunk_size", self.chunk_size >= 1, ">= 1"),
+                  ("learning_rate", self.learning_rate > 0, "> 0"),
+                  ("resample_ratio", 0.0 < self.resample_ratio <= 1.0, "in (0, 1]"),
+                  ("force_matching_weight", self.force_matching_weight >= 0, ">= 0"),
+                  ("fm_batch_frames", self.fm_batch_frames >= 1, ">= 1"),
+                  ("figure_every", self.figure_every >= 1, ">= 1"),
+                  ("select_min_n_eff_ratio", 0.0 < self.select_min_n_eff_ratio <= 1.0, "in (0, 1]"),
+                  ("lr_decay", self.lr_decay > 0, "> 0"), ("lr_min_factor", self.lr_min_factor >= 0, ">= 0"),
+                  ("grad_clip_norm", self.grad_clip_norm is None or self.grad_clip_norm > 0, "> 0 or null"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"TrainerConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
@@ -133,12 +145,16 @@ class DiffTReTrainer:
     ``nn.Module`` whose trainable parameters (or ``params``) are θ. atoms: the simulated system
     (positions, cell rows, numbers; ASE Atoms). state_points: (T, P) points, each with replicas.
     targets: the loss terms. reference_frames: labelled frames for force matching (used when
-    ``config.force_matching_weight > 0``). sampler: an alternative sampler with the
-    :class:`~difftre_torch.sampling.sampler.AseSampler` interface (default: AseSampler).
+    ``config.force_matching_weight > 0``). sampler: any
+    :class:`~difftre_torch.sampling.base.Sampler` over ``state_points`` (default: an AseSampler
+    with ``sampler_config``).
     sampling_potential: what the sampler integrates, an object whose ``for_sampling()`` returns
     a potential equal to ``potential`` at the current θ (e.g.
     :class:`~difftre_torch.potentials.compiled.CompiledSampling`, which returns its compiled
-    model only while θ is unchanged); default: ``potential`` itself.
+    model only while θ is unchanged); default: ``potential`` itself. callbacks: the outputs
+    (:mod:`difftre_torch.callbacks`), called in order; default:
+    :func:`~difftre_torch.callbacks.default_callbacks` of ``config``; ``trainer.callbacks`` is a
+    list, append to it for more.
     """
 
     def __init__(
@@ -153,8 +169,9 @@ class DiffTReTrainer:
         out_dir: str | Path = "outputs/difftre",
         reference_frames: ReferenceFrames | None = None,
         params: Sequence[torch.nn.Parameter] | None = None,
-        sampler=None,
+        sampler: Sampler | None = None,
         sampling_potential=None,
+        callbacks: Sequence[Callback] | None = None,
     ) -> None:
         if sampling_potential is not None and not callable(getattr(sampling_potential, "for_sampling", None)):
             raise TypeError("DiffTReTrainer: sampling_potential must have for_sampling() -> the potential to "
@@ -167,7 +184,7 @@ class DiffTReTrainer:
         self.point_names = [s.name for s in self.state_points]
         self.targets = list(targets)
         self.grouped = assign_targets(self.targets, self.point_names)
-        self.sampler = sampler or AseSampler(atoms, self.state_points, sampler_config or SamplerConfig())
+        self.sampler: Sampler = sampler or AseSampler(atoms, self.state_points, sampler_config or SamplerConfig())
         self.numbers = torch.as_tensor(atoms.numbers, dtype=torch.long)
         self.device, self.dtype = potential_device_dtype(potential)
         self.params = list(params) if params is not None else [
@@ -187,11 +204,15 @@ class DiffTReTrainer:
         self.stores: list[SnapshotStore] | None = None
         self.update = 0
         self.resamples = 0
-        self.history: list[dict] = []
+        self.history: list[UpdateRecord] = []
         self.sample_stats: dict[str, dict] = {}
         self.initial_predictions: dict[str, torch.Tensor] | None = None
         self.times = {"sample": 0.0, "update": 0.0}
         self.best: dict | None = None  # {"update", "loss", "params": [θ tensors, CPU]} (select="best")
+        self.last_predictions: dict[str, torch.Tensor] | None = None  # the last update's ⟨O⟩ per target
+        self.resuming = False  # fit()'s resume, for the callbacks
+        self.callbacks: list[Callback] = (default_callbacks(self.config) if callbacks is None
+                                          else list(callbacks))
 
     # ------------------------------------------------------------------ sampling and caching
 
@@ -244,8 +265,9 @@ class DiffTReTrainer:
 
     # ------------------------------------------------------------------ one update
 
-    def step(self) -> dict:
-        """One optimiser update (sampling first if needed); returns its record."""
+    def step(self) -> UpdateRecord:
+        """One optimiser update (sampling first if needed); returns its record (also appended to
+        ``history``)."""
         cfg = self.config
         t0 = time.perf_counter()
         sample_s = 0.0
@@ -296,20 +318,20 @@ class DiffTReTrainer:
         update_s = time.perf_counter() - t0 - sample_s
         self.times["sample"] += sample_s
         self.times["update"] += update_s
-        record = {
-            "update": self.update,
-            "loss": loss,
-            "n_eff": {s.name: n for s, n in zip(self.stores, result.n_eff)},
-            "n_eff_ratio": {s.name: n / len(s) for s, n in zip(self.stores, result.n_eff)},
-            "resampled": resampled,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "time": {"sample": sample_s, "update": update_s},
-            "state": self._state_values(result.weights),
-            "parameters": theta,  # θ at which this record's loss was evaluated (before the step)
-        }
+        record = UpdateRecord(
+            update=self.update,
+            loss=loss,
+            n_eff={s.name: n for s, n in zip(self.stores, result.n_eff)},
+            n_eff_ratio={s.name: n / len(s) for s, n in zip(self.stores, result.n_eff)},
+            resampled=resampled,
+            grad_norm=grad_norm,
+            lr=lr,
+            time={"sample": sample_s, "update": update_s},
+            state=self._state_values(result.weights),
+            parameters=theta,  # θ at which this record's loss was evaluated (before the step)
+        )
         self.history.append(record)
-        self._last_predictions = predictions
+        self.last_predictions = predictions
         return record
 
     def _remember_if_best(self, loss: float, n_eff_ratios: list[float]) -> None:
@@ -346,7 +368,7 @@ class DiffTReTrainer:
                     "python": random.getstate(), "fm": self.fm_rng.bit_generator.state},
             "sampler": self.sampler.state_dict(),
             "stores": None if self.stores is None else [s.state_dict() for s in self.stores],
-            "history": self.history,
+            "history": [r.to_json() for r in self.history],
             "resamples": self.resamples,
             "sample_stats": self.sample_stats,
             "initial_predictions": self.initial_predictions,
@@ -376,7 +398,7 @@ class DiffTReTrainer:
                 s["observables"] = {k: v.to(self.device, self.dtype) for k, v in s["observables"].items()}
                 self.stores.append(SnapshotStore.from_state_dict(s))
         self.update = int(state["update"])
-        self.history = list(state["history"])
+        self.history = [UpdateRecord.from_json(r) for r in state["history"]]
         self.resamples = int(state["resamples"])
         self.sample_stats = dict(state["sample_stats"])
         self.initial_predictions = state["initial_predictions"]
@@ -388,48 +410,41 @@ class DiffTReTrainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False) -> RunSummary:
         """Run updates until ``config.updates``; with ``resume`` continue from the checkpoint.
         Returns the summary (also written to ``summary.json``). Holds ``run.lock`` in the output
         directory meanwhile (:func:`~difftre_torch.checkpoint.run_lock`)."""
         with run_lock(self.out_dir):
             return self._fit(resume)
 
-    def _fit(self, resume: bool) -> dict:
-        from tqdm.auto import tqdm
-
+    def _fit(self, resume: bool) -> RunSummary:
         cfg = self.config
         if resume and self.checkpoint_path.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
         elif self.checkpoint_path.exists() and not resume:
             raise FileExistsError(f"{self.checkpoint_path} exists: pass resume=True (--resume) to "
                                   f"continue it, or choose another output directory")
-        monitor = Monitor(self.out_dir / "tensorboard" if cfg.tensorboard else None,
-                          purge_step=self.update + 1 if resume else None)
-        log_path = self.out_dir / "train.log"
-        bar = tqdm(total=cfg.updates, initial=self.update, disable=not cfg.progress,
-                   desc="DiffTRe", dynamic_ncols=True)
+        self.resuming = resume
+        started: list[Callback] = []
         try:
+            for callback in self.callbacks:
+                callback.on_fit_start(self)
+                started.append(callback)
             while self.update < cfg.updates:
                 record = self.step()
-                monitor.scalars(record, self.update)
-                if self.update % cfg.figure_every == 0 or self.update == cfg.updates:
-                    for t in self.targets:
-                        monitor.figure(f"targets/{t.name}", target_figure(
-                            t, self._last_predictions[t.name].detach().cpu().double().numpy(),
-                            self.initial_predictions[t.name].numpy()), self.update)
-                line = log_line(record)
-                with open(log_path, "a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
-                bar.set_postfix(loss=f"{record['loss']['total']:.4g}",
-                                n_eff=f"{min(record['n_eff_ratio'].values()):.2f}")
-                bar.update(1)
-                bar.write(line) if cfg.progress else print(line, flush=True)
-                self.save_checkpoint()
-        finally:
-            bar.close()
-            monitor.close()
-        return self.finalize()
+                for callback in self.callbacks:
+                    callback.on_update_end(self, record)
+            summary = self.finalize()
+        except BaseException:
+            for callback in started:  # release files and bars; the exception goes on
+                try:
+                    callback.on_fit_end(self, None)
+                except Exception as exc:  # noqa: BLE001 (must not hide the original error)
+                    warnings.warn(f"{type(callback).__name__}.on_fit_end failed: {exc}", RuntimeWarning)
+            raise
+        for callback in self.callbacks:
+            callback.on_fit_end(self, summary)
+        return summary
 
     # ------------------------------------------------------------------ results
 
@@ -442,8 +457,9 @@ class DiffTReTrainer:
         losses = {"total": float(total), **{k: float(v) for k, v in parts.items()}}
         return predictions, losses, rw.n_eff
 
-    def finalize(self) -> dict:
-        """Write the refined potential, final observables vs targets (PNG, CSV) and summary.json."""
+    def finalize(self) -> RunSummary:
+        """Write the refined potential, final observables vs targets (PNG, CSV) and summary.json
+        (:meth:`RunSummary.to_json <difftre_torch.records.RunSummary.to_json>`); returns the summary."""
         out = self.out_dir
         selected = self._apply_selection()
         final_sample_s = 0.0
@@ -459,26 +475,26 @@ class DiffTReTrainer:
             tables.append(str(self._write_table(t, pred, init)))
         if self.history:
             figures.append(str(save_figure(history_figure(self.history), out / "history.png")))
-        first = self.history[0]["loss"] if self.history else None
-        summary = {
-            "updates": self.update,
-            "loss_initial": first,
-            "loss_final": final_loss,
-            "final_from": "fresh sample with the refined potential" if self.config.final_sample else "reweighted store",
-            "n_eff_history": [r["n_eff"] for r in self.history],
-            "resamples": self.resamples,
-            "time_s": {**{k: round(v, 3) for k, v in self.times.items()}, "final_sample": round(final_sample_s, 3)},
-            "parameters_final": scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {},
-            "parameters_initial": self.history[0]["parameters"] if self.history else {},
-            "state_points": {s.name: {**asdict(s), **self.sample_stats.get(s.name, {})} for s in self.state_points},
-            "refined_potential": str(model_path),
-            "selected": selected,
-            "figures": figures,
-            "tables": tables,
-            "blow_ups": list(getattr(self.sampler, "blow_ups", [])),
-            "config": asdict(self.config),
-        }
-        atomic_write_json(out / "summary.json", summary)
+        first = self.history[0].loss if self.history else None
+        summary = RunSummary(
+            updates=self.update,
+            loss_initial=first,
+            loss_final=final_loss,
+            final_from="fresh sample with the refined potential" if self.config.final_sample else "reweighted store",
+            n_eff_history=[r.n_eff for r in self.history],
+            resamples=self.resamples,
+            time_s={**{k: round(v, 3) for k, v in self.times.items()}, "final_sample": round(final_sample_s, 3)},
+            parameters_final=scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {},
+            parameters_initial=self.history[0].parameters if self.history else {},
+            state_points={s.name: {**asdict(s), **self.sample_stats.get(s.name, {})} for s in self.state_points},
+            refined_potential=str(model_path),
+            selected=selected,
+            figures=figures,
+            tables=tables,
+            blow_ups=list(getattr(self.sampler, "blow_ups", [])),
+            config=asdict(self.config),
+        )
+        atomic_write_json(out / "summary.json", summary.to_json())
         return summary
 
     def _write_table(self, target: Target, prediction: np.ndarray, initial: np.ndarray | None) -> Path:

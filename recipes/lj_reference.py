@@ -1,6 +1,6 @@
 """The default job's "experiment": the RDF of a Lennard-Jones argon fluid from an independent code path.
 
-``python -m recipes.lj_reference [--out data/default] [--replicas 4] [--steps 20000]``
+``python -m recipes.lj_reference [--out difftre_torch/data/lj_argon] [--replicas 4] [--steps 20000]``
 
 Reference system (reduced units T* = k_B T/ε = 1.5, ρ* = ρσ³ = 0.8, a dense supercritical
 fluid): argon-like σ* = 3.405 Å, ε = 0.0104 eV (k_B·120.7 K), T = 181 K, 108 atoms in a cubic
@@ -31,10 +31,13 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.io import write
 
+import difftre_torch
 from difftre_torch.checkpoint import atomic_write_text
 from difftre_torch.observables import partial_rdfs
-from difftre_torch.sampling.ase_md import MDConfig, build_integrator, initialise_velocities
+from difftre_torch.sampling.ase_md import build_integrator, initialise_velocities
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
 
+DEFAULT_OUT = Path(difftre_torch.__file__).resolve().parent / "data" / "lj_argon"  # shipped package data
 SIGMA_A = 3.405
 EPSILON_EV = 0.0104
 CUTOFF_A = 8.5
@@ -53,10 +56,10 @@ def start_structure():
 def run_replica(seed: int, equilibration_steps: int, production_steps: int, stride: int):
     atoms = start_structure()
     atoms.calc = AseLennardJones(sigma=SIGMA_A, epsilon=EPSILON_EV, rc=CUTOFF_A, smooth=False)
-    config = MDConfig(temperature_K=TEMPERATURE_K, timestep_fs=5.0, friction_per_fs=0.01)
+    config = SamplerConfig(timestep_fs=5.0, friction_per_fs=0.01)
     rng = np.random.default_rng(seed)
     initialise_velocities(atoms, TEMPERATURE_K, rng)
-    dyn = build_integrator(atoms, config, rng)
+    dyn = build_integrator(atoms, config, StatePoint("T181", TEMPERATURE_K), rng)
     dyn.run(equilibration_steps)
     positions, cells, temps = [], [], []
     for _ in range(production_steps // stride):
@@ -72,7 +75,7 @@ def run_replica(seed: int, equilibration_steps: int, production_steps: int, stri
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/default")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--equilibration", type=int, default=2000, help="steps of 5 fs")
     parser.add_argument("--steps", type=int, default=20000, help="production steps of 5 fs")

@@ -22,9 +22,10 @@ from ase.build import bulk
 from difftre_torch.neighbors import refresh_verlet_list, verlet_displacement, verlet_list
 from difftre_torch.observables.rdf import partial_rdfs
 from difftre_torch.potentials import HarmonicOscillators, LennardJones, evaluate
-from difftre_torch.sampling.batched import BatchedSampler, BatchedSamplerConfig
+from difftre_torch.sampling.base import Sampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.batched import BatchedSampler
 from difftre_torch.sampling.integrators import kinetic_temperature_K
-from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.sampler import AseSampler
 
 BLOCKS = 20
 
@@ -77,8 +78,8 @@ def test_harmonic_x2_and_kinetic_temperature_per_replica():
     grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3) * 4.0 + 2.0
     atoms = Atoms(f"C{n}", positions=grid, cell=np.eye(3) * 8.0, pbc=True)
     temperatures = [100.0, 300.0, 900.0]
-    config = BatchedSamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, equilibration_steps=500,
-                                  snapshots_per_replica=2000, stride=5, min_distance_A=0.1)
+    config = SamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, equilibration_steps=500,
+                           snapshots_per_replica=2000, stride=5, min_distance_A=0.1)
     sampler = BatchedSampler(atoms, [StatePoint(f"T{t:.0f}", t, replicas=2) for t in temperatures], config)
     masses = torch.tensor(atoms.get_masses())
     kinetic = []  # [R] every stride-th production step, from the hook
@@ -113,9 +114,9 @@ def test_npt_ideal_gas_volume_is_gamma_distributed():
     atoms = Atoms(f"Ar{n}", positions=rng.random((n, 3)) * length, cell=np.eye(3) * length, pbc=True)
     points = [StatePoint("T300_P1", 300.0, pressure_GPa=1.0, replicas=4),
               StatePoint("T600_P2", 600.0, pressure_GPa=2.0, replicas=4)]
-    config = BatchedSamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, barostat_tau_fs=100.0,
-                                  hydrostatic=True, equilibration_steps=1000, snapshots_per_replica=700,
-                                  stride=8, min_distance_A=0.0, max_volume_ratio=1e6)
+    config = SamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, barostat_tau_fs=100.0,
+                           hydrostatic=True, equilibration_steps=1000, snapshots_per_replica=700,
+                           stride=8, min_distance_A=0.0, max_volume_ratio=1e6)
     sampler = BatchedSampler(atoms, points, config)
     for raw in sampler.sample(HarmonicOscillators(torch.zeros(n, 3, dtype=torch.float64), 0.0)):
         point = raw.state_point
@@ -130,8 +131,8 @@ def test_npt_ideal_gas_volume_is_gamma_distributed():
 def test_npt_keeps_the_scaled_centre_of_mass():
     atoms = _lj_fluid()
     sampler = BatchedSampler(atoms, [StatePoint("P", 181.0, pressure_GPa=0.05, replicas=2)],
-                             BatchedSamplerConfig(**{**LJ, "equilibration_steps": 50, "snapshots_per_replica": 3,
-                                                     "barostat_tau_fs": 200.0}))
+                             SamplerConfig(**{**LJ, "equilibration_steps": 50, "snapshots_per_replica": 3,
+                                              "barostat_tau_fs": 200.0}))
     raw = sampler.sample(_lj())[0]
     com = atoms.get_center_of_mass(scaled=True)
     masses = torch.tensor(atoms.get_masses())
@@ -167,7 +168,7 @@ def test_lj_rdf_matches_ase_sampler_nvt():
     atoms, point = _lj_fluid(), StatePoint("T181", 181.0, replicas=2)
     ase_raw = AseSampler(atoms, [point], SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 1})).sample(_lj())[0]
     batched = BatchedSampler(atoms, [StatePoint("T181", 181.0, replicas=4)],
-                             BatchedSamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 2}))
+                             SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 2}))
     raw = batched.sample(_lj())[0]
     _, g_ase = _rdf(ase_raw)
     _, g_batched = _rdf(raw)
@@ -201,7 +202,7 @@ def test_step_equals_ase_langevin_baoab_given_the_same_noise(ensemble, monkeypat
 
     from difftre_torch.neighbors import det3
     from difftre_torch.potentials.ase_calculator import PotentialCalculator
-    from difftre_torch.sampling.ase_md import MDConfig, build_integrator, initialise_velocities
+    from difftre_torch.sampling.ase_md import build_integrator, initialise_velocities
     from difftre_torch.sampling.integrators import barostat_mass, forces_and_stress
     from difftre_torch.sampling.integrators import (
         LangevinParameters, LangevinState, baoab_drift, baoab_kick, cell_force)
@@ -215,10 +216,9 @@ def test_step_equals_ase_langevin_baoab_given_the_same_noise(ensemble, monkeypat
     lj = _lj()
     atoms.calc = PotentialCalculator(lj)
     initialise_velocities(atoms, 40.0, np.random.default_rng(0))
-    config = MDConfig(ensemble="npt", temperature_K=40.0, timestep_fs=5.0, friction_per_fs=0.02,
-                      pressure_GPa=0.1, barostat_tau_fs=300.0, hydrostatic=hydrostatic)
+    config = SamplerConfig(timestep_fs=5.0, friction_per_fs=0.02, barostat_tau_fs=300.0, hydrostatic=hydrostatic)
     if npt:
-        dyn = build_integrator(atoms, config, np.random.default_rng(1))
+        dyn = build_integrator(atoms, config, StatePoint("P", 40.0, pressure_GPa=0.1), np.random.default_rng(1))
     else:
         from ase.constraints import FixCom
 
@@ -272,7 +272,7 @@ def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic):
                     equilibration_steps=300, snapshots_per_replica=1200, stride=5, min_distance_A=1.5)
     point = StatePoint("P", 40.0, pressure_GPa=0.1, replicas=4)
     ase_raw = AseSampler(atoms, [point], SamplerConfig(**settings, seed=3)).sample(_lj())[0]
-    raw = BatchedSampler(atoms, [point], BatchedSamplerConfig(**settings, seed=4)).sample(_lj())[0]
+    raw = BatchedSampler(atoms, [point], SamplerConfig(**settings, seed=4)).sample(_lj())[0]
     v_ase = torch.linalg.det(ase_raw.cells).numpy()
     v_batched = torch.linalg.det(raw.cells).numpy()
     z_mean = _compare(v_batched, v_ase)
@@ -293,8 +293,8 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     state after round 1 (through torch.save/torch.load) equals round 2 of the original exactly."""
     atoms = _lj_fluid()
     points = [StatePoint("T181", 181.0, replicas=2), StatePoint("T150_P", 150.0, pressure_GPa=0.05, replicas=1)]
-    config = BatchedSamplerConfig(**{**LJ, "equilibration_steps": 60, "reequilibration_steps": 20,
-                                     "snapshots_per_replica": 5, "stride": 7, "noise_block_steps": 16})
+    config = SamplerConfig(**{**LJ, "equilibration_steps": 60, "reequilibration_steps": 20,
+                              "snapshots_per_replica": 5, "stride": 7, "noise_block_steps": 16})
     original = BatchedSampler(atoms, points, config)
     original.sample(_lj())
     buffer = io.BytesIO()
@@ -315,7 +315,7 @@ def test_replica_does_not_depend_on_its_batch():
     """A replica's trajectory is its own: (state point 0, replica 0) run alone gives the frames it
     gives inside a batch of five replicas at two state points (to float round-off)."""
     atoms = _lj_fluid()
-    config = BatchedSamplerConfig(**{**LJ, "equilibration_steps": 100, "snapshots_per_replica": 5})
+    config = SamplerConfig(**{**LJ, "equilibration_steps": 100, "snapshots_per_replica": 5})
     alone = BatchedSampler(atoms, [StatePoint("T181", 181.0, replicas=1)], config).sample(_lj())[0]
     batch = BatchedSampler(atoms, [StatePoint("T181", 181.0, replicas=3), StatePoint("T250", 250.0, replicas=2)],
                            config).sample(_lj())[0]
@@ -347,7 +347,7 @@ def test_blow_up_in_one_replica_is_survived_and_leaves_the_others_alone():
     frames since the last check dropped and re-run, every replica ends with all its frames, all
     finite, and the other replicas' frames are exactly those of a run without the fault."""
     atoms = _lj_fluid()
-    config = BatchedSamplerConfig(**{**LJ, "equilibration_steps": 50, "snapshots_per_replica": 10, "stride": 3})
+    config = SamplerConfig(**{**LJ, "equilibration_steps": 50, "snapshots_per_replica": 10, "stride": 3})
     points = [StatePoint("T181", 181.0, replicas=3)]
     clean = BatchedSampler(atoms, points, config).sample(_NanInReplica(fail_at=-1, bad=1))[0]
     faulty = BatchedSampler(atoms, points, config)
@@ -377,11 +377,65 @@ def test_potential_exception_restarts_the_moved_replicas():
             return self.lj(positions, cell, numbers)
 
     sampler = BatchedSampler(_lj_fluid(), [StatePoint("T", 181.0, replicas=2)],
-                             BatchedSamplerConfig(**{**LJ, "equilibration_steps": 40, "snapshots_per_replica": 2}))
+                             SamplerConfig(**{**LJ, "equilibration_steps": 40, "snapshots_per_replica": 2}))
     with pytest.warns(RuntimeWarning, match="blow-up"):
         raw = sampler.sample(Raises())[0]
     assert len(sampler.blow_ups) == 2 and all("injected" in b for b in sampler.blow_ups)
     assert len(raw.positions) == 4
+
+
+def _bad_state(kind: str, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and cell of a broken state: two atoms 0.2 Å apart, the cell 1.5× larger, or a NaN."""
+    positions, cell = atoms.positions.copy(), atoms.cell.array.copy()
+    if kind == "close":
+        positions[7] = positions[3] + [0.2, 0.0, 0.0]
+    elif kind == "volume":
+        positions, cell = positions * 1.5, cell * 1.5
+    else:
+        positions[2, 1] = np.nan
+    return positions, cell
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("close", "atoms 3 and 7 are 0.200 Å apart, closer than 1.5 Å"),
+    ("volume", "is 3.38× the reference"),
+    ("nan", "non-finite positions, momenta or cell"),
+])
+def test_both_samplers_give_the_same_reason_for_the_same_bad_state(kind, reason):
+    """One check for both samplers (:mod:`difftre_torch.sampling.blowups`): the same broken state,
+    put in at step 10 (a check step), gives the same blow-up message in the ASE sampler (vesin
+    search) and the batched one (its Verlet list), and both samplers carry on to full samples."""
+    atoms = _lj_fluid()
+    point = StatePoint("T181", 181.0)
+    config = SamplerConfig(**{**LJ, "equilibration_steps": 20, "snapshots_per_replica": 2, "stride": 5})
+    positions, cell = _bad_state(kind, atoms)
+
+    broken = set()  # each sampler is broken once
+
+    def break_ase(p, r, dyn):
+        if dyn.nsteps == 10 and "ase" not in broken:
+            broken.add("ase")
+            dyn.atoms.set_cell(cell, scale_atoms=False)
+            dyn.atoms.set_positions(positions, apply_constraint=False)
+
+    def break_batched(sampler):
+        if sampler.step == 10 and "batched" not in broken:
+            broken.add("batched")
+            sampler.state.positions[0] = torch.as_tensor(positions)
+            sampler.state.cells[0] = torch.as_tensor(cell)
+
+    ase = AseSampler(atoms, [point], config)
+    batched = BatchedSampler(atoms, [point], config)
+    assert isinstance(ase, Sampler) and isinstance(batched, Sampler)
+    with pytest.warns(RuntimeWarning, match="blow-up"):
+        ase_raw = ase.sample(_lj(), on_step=break_ase)[0]
+    with pytest.warns(RuntimeWarning, match="blow-up"):
+        batched_raw = batched.sample(_lj(), on_step=break_batched)[0]
+    assert len(ase.blow_ups) == len(batched.blow_ups) == 1
+    assert ase.blow_ups == batched.blow_ups, (ase.blow_ups, batched.blow_ups)
+    assert ase.blow_ups[0].startswith("T181/replica 0: step 10: ") and ase.blow_ups[0].endswith(reason)
+    for raw in (ase_raw, batched_raw):
+        assert raw.positions.shape[0] == 2 and torch.isfinite(raw.positions).all()
 
 
 # ----------------------------------------------------------------------------- neighbour lists
@@ -454,7 +508,7 @@ def test_trainer_runs_with_the_batched_sampler_and_stores_the_same_format(tmp_pa
     target = Target("rdf", "rdf", np.ones(20), x=np.arange(20) * 0.25 + 2.6)
     sampler_settings = {**LJ, "equilibration_steps": 100, "reequilibration_steps": 20, "snapshots_per_replica": 10}
     stores = {}
-    for name, sampler in [("batched", BatchedSampler(atoms, [point], BatchedSamplerConfig(**sampler_settings))),
+    for name, sampler in [("batched", BatchedSampler(atoms, [point], SamplerConfig(**sampler_settings))),
                           ("ase", None)]:
         potential = _lj()
         potential.epsilon.requires_grad_(False)  # θ = σ: Adam's first step moves each parameter by ~lr
@@ -464,7 +518,7 @@ def test_trainer_runs_with_the_batched_sampler_and_stores_the_same_format(tmp_pa
                                                       progress=False, tensorboard=False, final_sample=False),
                                  out_dir=tmp_path / name)
         summary = trainer.fit()
-        assert summary["updates"] == 2 and trainer.resamples >= 1
+        assert summary.updates == 2 and trainer.resamples >= 1
         stores[name] = trainer.stores[0].state_dict()
     batched, ase = stores["batched"], stores["ase"]
     assert batched.keys() == ase.keys()
@@ -476,11 +530,11 @@ def test_trainer_runs_with_the_batched_sampler_and_stores_the_same_format(tmp_pa
     potential = _lj()
     potential.epsilon.requires_grad_(False)
     resumed = DiffTReTrainer(potential, atoms, [point], [target],
-                             sampler=BatchedSampler(atoms, [point], BatchedSamplerConfig(**sampler_settings)),
+                             sampler=BatchedSampler(atoms, [point], SamplerConfig(**sampler_settings)),
                              config=TrainerConfig(updates=3, learning_rate=0.02, progress=False,
                                                   tensorboard=False, final_sample=False),
                              out_dir=tmp_path / "batched")
-    assert resumed.fit(resume=True)["updates"] == 3
+    assert resumed.fit(resume=True).updates == 3
 
 
 def test_trainer_resumed_mid_run_retraces_the_uninterrupted_run(tmp_path):
@@ -499,7 +553,7 @@ def test_trainer_resumed_mid_run_retraces_the_uninterrupted_run(tmp_path):
         potential = _lj()
         potential.epsilon.requires_grad_(False)
         return potential, DiffTReTrainer(
-            potential, atoms, [point], [target], sampler=BatchedSampler(atoms, [point], BatchedSamplerConfig(**settings)),
+            potential, atoms, [point], [target], sampler=BatchedSampler(atoms, [point], SamplerConfig(**settings)),
             config=TrainerConfig(updates=updates, learning_rate=0.02, resample_ratio=0.9, progress=False,
                                  tensorboard=False, final_sample=False),
             out_dir=out)
@@ -508,9 +562,9 @@ def test_trainer_resumed_mid_run_retraces_the_uninterrupted_run(tmp_path):
     straight.fit()
     _, first = trainer(tmp_path / "resumed", 3)
     first.fit()
-    assert first.sampler.step % BatchedSamplerConfig.noise_block_steps == 0  # the boundary case
+    assert first.sampler.step % SamplerConfig().noise_block_steps == 0  # the boundary case
     resumed_lj, resumed = trainer(tmp_path / "resumed", 6)
     resumed.fit(resume=True)
-    assert sum(r["resampled"] for r in straight.history[3:]) >= 1  # sampling after the resume
-    assert [r["loss"]["total"] for r in resumed.history] == [r["loss"]["total"] for r in straight.history]
+    assert sum(r.resampled for r in straight.history[3:]) >= 1  # sampling after the resume
+    assert [r.loss["total"] for r in resumed.history] == [r.loss["total"] for r in straight.history]
     assert torch.equal(resumed_lj.sigma.detach(), straight_lj.sigma.detach())

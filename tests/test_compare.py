@@ -7,13 +7,15 @@ import pytest
 import torch
 from ase.io import read
 
+import difftre_torch
 from difftre_torch.compare import block_mean_sem, chi2_per_bin, compare_samples, r_weighted, sample_and_compare
 from difftre_torch.experiment.readers import read_experiment
 from difftre_torch.experiment.target import Target
 from difftre_torch.potentials import LennardJones
-from difftre_torch.sampling.sampler import AseSampler, RawSamples, SamplerConfig, StatePoint
+from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint
+from difftre_torch.sampling.sampler import AseSampler
 
-DEFAULT = Path(__file__).resolve().parents[1] / "data" / "default"
+DEFAULT = Path(difftre_torch.__file__).resolve().parent / "data" / "lj_argon"
 
 
 def test_r_weighted_identities():

@@ -33,7 +33,8 @@ from difftre_torch.potentials.compiled import (  # noqa: E402
 )
 from difftre_torch.potentials.nequip import NequIPPotential, NequIPSource  # noqa: E402
 from difftre_torch.potentials.nequip_files import load_nequip  # noqa: E402
-from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint  # noqa: E402
+from difftre_torch.sampling.base import SamplerConfig, StatePoint  # noqa: E402
+from difftre_torch.sampling.sampler import AseSampler  # noqa: E402
 from difftre_torch.trainer import DiffTReTrainer, TrainerConfig  # noqa: E402
 
 
@@ -125,11 +126,11 @@ SAMPLER = dict(timestep_fs=0.5, friction_per_fs=0.05, equilibration_steps=5, sna
 
 def make_trainer(potential, atoms, out_dir, *, sampling_potential=None, updates=1, resample_ratio=0.9,
                  sampler_kind="ase", recording=False):
-    from difftre_torch.sampling.batched import BatchedSampler, BatchedSamplerConfig
+    from difftre_torch.sampling.batched import BatchedSampler
 
     points = [StatePoint("T300", 300.0)]
     if sampler_kind == "batched":
-        sampler = BatchedSampler(atoms, points, BatchedSamplerConfig(**SAMPLER))
+        sampler = BatchedSampler(atoms, points, SamplerConfig(**SAMPLER))
     else:
         sampler = (RecordingSampler if recording else AseSampler)(atoms, points, SamplerConfig(**SAMPLER))
     x = np.arange(10) * 0.2 + 1.1
@@ -206,31 +207,43 @@ def test_compiled_sampling_refuses_a_mismatched_model(tiny_nequip_checkpoint, sy
 # ----------------------------------------------------------------------------- run.py config
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"kind": "lennard_jones", "sampling_model": "m.nequip.pt2"}, r"potential\.sampling_model: .*kind: nequip"),
-    ({"kind": "nequip", "recompile": True}, r"potential\.recompile needs"),
-    ({"kind": "nequip", "recompile": "yes"}, r"potential\.recompile must be true or false"),
-    ({"kind": "nequip", "sampling_model": "m.nequip.pt2", "compile_for_sampling": True}, "not both"),
-    ({"kind": "nequip", "sampling_model": "m.pt2"}, r"potential\.sampling_model: expected a \.nequip\.pt2"),
-    ({"kind": "nequip", "sampling_model": "missing.nequip.pt2"}, r"potential\.sampling_model: .* does not exist"),
-])
-def test_run_config_errors_name_the_file_and_field(tmp_path, fields, message):
-    from difftre_torch.run import build_sampling_potential, parse_config
+def _job(tmp_path, potential: dict):
+    from difftre_torch.config import parse_job
 
-    config = parse_config({"system": {}, "potential": {"path": "m.ckpt", **fields},
-                           "state_points": [{"name": "T", "temperature_K": 300.0}], "targets": []},
-                          tmp_path, str(tmp_path / "job.yaml"))
-    with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
-        build_sampling_potential(config, None, None, tmp_path / "out")
+    return parse_job({"system": {"structure": "s.extxyz"}, "potential": {"path": "m.ckpt", **potential},
+                      "state_points": [{"name": "T", "temperature_K": 300.0}], "trainer": {"updates": 0}},
+                     tmp_path, str(tmp_path / "job.yaml"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "lennard_jones", "sigma_A": 3.0, "epsilon_eV": 0.01, "sampling_model": "m.nequip.pt2"},
+     r"potential\.path: unknown field"),
+    ({"kind": "nequip", "recompile": True}, r"potential: recompile needs"),
+    ({"kind": "nequip", "recompile": "yes"}, r"potential\.recompile: expected true or false"),
+    ({"kind": "nequip", "sampling_model": "m.nequip.pt2", "compile_for_sampling": True}, "not both"),
+    ({"kind": "nequip", "sampling_model": "m.pt2"}, r"sampling_model: expected a \.nequip\.pt2"),
+])
+def test_job_config_errors_name_the_file_and_field(tmp_path, fields, message):
+    from difftre_torch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        _job(tmp_path, fields)
     assert str(tmp_path / "job.yaml") in str(info.value)
 
 
-def test_run_config_without_sampling_fields_gives_none(tmp_path):
-    from difftre_torch.run import build_sampling_potential, parse_config
+def test_a_missing_sampling_model_is_named(tmp_path):
+    from difftre_torch.config import ConfigError
+    from difftre_torch.workflow.build import build_sampling_potential
 
-    config = parse_config({"system": {}, "potential": {"kind": "nequip", "path": "m.ckpt"},
-                           "state_points": [{"name": "T", "temperature_K": 300.0}], "targets": []}, tmp_path)
-    assert build_sampling_potential(config, None, None, tmp_path) is None
+    job = _job(tmp_path, {"kind": "nequip", "sampling_model": "missing.nequip.pt2"})
+    with pytest.raises(ConfigError, match=r"job.yaml: potential\.sampling_model: .*missing.nequip.pt2 does not exist"):
+        build_sampling_potential(job, None, None, tmp_path / "out")
+
+
+def test_job_config_without_sampling_fields_gives_none(tmp_path):
+    from difftre_torch.workflow.build import build_sampling_potential
+
+    assert build_sampling_potential(_job(tmp_path, {"kind": "nequip"}), None, None, tmp_path) is None
 
 
 # ----------------------------------------------------------------------------- a real nequip-compile
@@ -347,21 +360,28 @@ def _nequip_job(root, checkpoint, sampling_model):
     return path
 
 
-def test_run_config_samples_with_the_compiled_model(tiny_nequip_checkpoint, real_compiled, tmp_path):
-    from difftre_torch.run import build_trainer, load_config
+def _trainer(job_path, out):
+    from difftre_torch.config import load_job
+    from difftre_torch.workflow.build import build_potential, build_system, build_targets
+    from difftre_torch.workflow.steps import make_trainer
 
-    trainer = build_trainer(load_config(_nequip_job(tmp_path, tiny_nequip_checkpoint, real_compiled[0])),
-                            tmp_path / "out")
+    job = load_job(job_path)
+    atoms = build_system(job)
+    return make_trainer(job, out, atoms, build_targets(job, job.targets), 0.0, build_potential(job, atoms))
+
+
+def test_job_config_samples_with_the_compiled_model(tiny_nequip_checkpoint, real_compiled, tmp_path):
+    trainer = _trainer(_nequip_job(tmp_path, tiny_nequip_checkpoint, real_compiled[0]), tmp_path / "out")
     assert isinstance(trainer.sampling_potential, CompiledSampling)
     trainer.step()
     assert trainer.sample_stats["T300"]["sampled_with"] == f"compiled {real_compiled[0]}"
 
 
-def test_run_config_refuses_a_compiled_model_of_other_weights(tiny_nequip_checkpoint, real_compiled, tmp_path):
+def test_job_config_refuses_a_compiled_model_of_other_weights(tiny_nequip_checkpoint, real_compiled, tmp_path):
     """potential.path holds refined weights, sampling_model the original export: the run stops
     at load with an error naming the config file, the field and both model files."""
+    from difftre_torch.config import ConfigError
     from difftre_torch.potentials.nequip_files import save_nequip
-    from difftre_torch.run import build_trainer, load_config
 
     refined = load_nequip(tiny_nequip_checkpoint)
     with torch.no_grad():
@@ -369,8 +389,8 @@ def test_run_config_refuses_a_compiled_model_of_other_weights(tiny_nequip_checkp
             p.mul_(1 + STEP)
     refined_path = save_nequip(refined, tmp_path / "refined.ckpt")
     job = _nequip_job(tmp_path, refined_path, real_compiled[0])
-    with pytest.raises(ValueError) as info:
-        build_trainer(load_config(job), tmp_path / "out")
+    with pytest.raises(ConfigError) as info:
+        _trainer(job, tmp_path / "out")
     message = str(info.value)
     for part in (f"{job}: potential.sampling_model:", str(refined_path), str(real_compiled[0])):
         assert part in message, (part, message)

@@ -27,8 +27,8 @@ from difftre_torch.observables.scattering import instrument_G
 from difftre_torch.potentials import HarmonicOscillators, LennardJones, evaluate
 from difftre_torch.potentials.correction import CorrectedPotential, PairCorrection, PairCorrectionSpec
 from difftre_torch.reweighting import reweighted_mean
-from difftre_torch.sampling.batched import BatchedSampler, BatchedSamplerConfig
-from difftre_torch.sampling.sampler import SamplerConfig, StatePoint
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
+from difftre_torch.sampling.batched import BatchedSampler
 from difftre_torch.sampling.store import SnapshotStore
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -159,8 +159,8 @@ def test_batched_sampler_on_cuda_is_canonical():
     n, k = 8, 1.0
     grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3) * 4.0 + 2.0
     atoms = Atoms(f"C{n}", positions=grid, cell=np.eye(3) * 8.0, pbc=True)
-    config = BatchedSamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, equilibration_steps=500,
-                                  snapshots_per_replica=2000, stride=5, min_distance_A=0.1)
+    config = SamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, equilibration_steps=500,
+                           snapshots_per_replica=2000, stride=5, min_distance_A=0.1)
     temperatures = [300.0, 900.0]
     sampler = BatchedSampler(atoms, [StatePoint(f"T{t:.0f}", t, replicas=2) for t in temperatures], config)
     anchors = torch.tensor(grid, device=CUDA)
@@ -191,7 +191,7 @@ def test_cuda_state_round_trip_continues_to_round_off_and_refuses_a_cpu_restore(
     to 1e-9 Å. A CUDA state loaded into a sampler whose potential lives on the CPU is refused."""
     atoms = _lj_fluid()
     points = [StatePoint("T181", 181.0, replicas=2), StatePoint("T150_P", 150.0, pressure_GPa=0.05, replicas=1)]
-    config = BatchedSamplerConfig(**LJ, noise_block_steps=16)
+    config = SamplerConfig(**LJ, noise_block_steps=16)
     lj = LennardJones(3.405, 0.0104, 8.5).to(CUDA)
     original = BatchedSampler(atoms, points, config)
     original.sample(lj)
@@ -229,15 +229,15 @@ def test_trainer_on_cuda_updates_checkpoints_and_resumes(tmp_path):
         lj = LennardJones(3.405, 0.0104, 8.5).to(CUDA)
         lj.epsilon.requires_grad_(False)
         return lj, DiffTReTrainer(
-            lj, atoms, [point], [target], sampler=BatchedSampler(atoms, [point], BatchedSamplerConfig(**settings)),
+            lj, atoms, [point], [target], sampler=BatchedSampler(atoms, [point], SamplerConfig(**settings)),
             sampler_config=SamplerConfig(**settings),
             config=TrainerConfig(updates=updates, learning_rate=0.02, resample_ratio=1.0, progress=False,
                                  tensorboard=False, final_sample=False),
             out_dir=tmp_path)
 
     lj, first = trainer(2)
-    assert first.fit()["updates"] == 2
+    assert first.fit().updates == 2
     assert first.stores[0].positions.device.type == "cuda"
     assert abs(float(lj.sigma.detach()) - 3.405) > 1e-3
     _, resumed = trainer(3)
-    assert resumed.fit(resume=True)["updates"] == 3
+    assert resumed.fit(resume=True).updates == 3

@@ -1,5 +1,5 @@
 """DiffTReTrainer end to end: analytic (harmonic) and inverse (Lennard-Jones, NVT and NPT) recoveries,
-blow-up survival, TensorBoard tags and outputs.
+blow-up survival, TensorBoard tags and outputs, callbacks.
 
 Tolerances come from sampling noise measured in the test itself (block averages), not from
 hand-picked numbers; each is stated where it is used.
@@ -19,7 +19,9 @@ from ase.build import bulk
 from difftre_torch.experiment.target import Target
 from difftre_torch.observables.registry import OBSERVABLES, register
 from difftre_torch.potentials import HarmonicOscillators, LennardJones
-from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
+from difftre_torch.callbacks import Callback
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
+from difftre_torch.sampling.sampler import AseSampler
 from difftre_torch.trainer import DiffTReTrainer, TrainerConfig
 
 
@@ -69,7 +71,7 @@ def test_harmonic_stiffness_reaches_the_value_that_matches_x2(tmp_path):
     x2 = trainer.stores[0].observables["x2"][:, 0].numpy()  # the final, fresh sample at k
     relative_error = block_standard_error(x2) / x2.mean()
     assert abs(k - k_star) / k_star < 4 * relative_error + 1e-3, (k, relative_error)
-    assert summary["loss_final"]["total"] < summary["loss_initial"]["total"]
+    assert summary.loss_final["total"] < summary.loss_initial["total"]
 
 
 # ----------------------------------------------------------------------------- Lennard-Jones
@@ -119,7 +121,7 @@ def test_lj_rdf_recovers_sigma_nvt(tmp_path):
     ref = reference["rdf"].numpy()
     noise = float(np.sqrt(np.mean((ref[::2].mean(0) - ref[1::2].mean(0)) ** 2)))
     # sensitivity: RMS change of the RDF per Å of σ between the initial and the final model
-    first = np.asarray(trainer.history[0]["parameters"]["sigma"])
+    first = np.asarray(trainer.history[0].parameters["sigma"])
     g_first = trainer.initial_predictions["rdf"].numpy()
     g_final = trainer.stores[0].observables["rdf"].mean(0).numpy()
     sensitivity = float(np.sqrt(np.mean((g_final - g_first) ** 2))) / abs(sigma - float(first))
@@ -190,7 +192,7 @@ def test_blow_up_in_one_replica_is_detected_and_survived(tmp_path):
         warnings.simplefilter("always")
         summary = trainer.fit()
     assert any("blow-up" in str(w.message) for w in caught)
-    assert summary["blow_ups"] and "replica 1" in summary["blow_ups"][0]
+    assert summary.blow_ups and "replica 1" in summary.blow_ups[0]
     store = trainer.stores[0]
     assert len(store) == 2 * LJ_SAMPLER["snapshots_per_replica"]
     assert torch.isfinite(store.positions).all() and torch.isfinite(store.reference_energies).all()
@@ -220,8 +222,119 @@ def test_tensorboard_tags_and_outputs(tmp_path):
     for name in ("rdf.png", "p.png", "history.png", "rdf.csv", "summary.json", "refined_potential.pt",
                  "checkpoint.pt", "train.log"):
         assert (tmp_path / name).exists(), name
-    assert len(summary["n_eff_history"]) == 2
+    assert len(summary.n_eff_history) == 2
     assert len((tmp_path / "train.log").read_text().splitlines()) == 2
+
+
+class _Recorder(Callback):
+    """Every hook call, with what the trainer shows at that moment."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, trainer):
+        self.calls.append(("start", trainer.update))
+
+    def on_update_end(self, trainer, record):
+        assert record is trainer.history[-1]
+        self.calls.append(("update", record.update, set(trainer.last_predictions)))
+
+    def on_fit_end(self, trainer, summary):
+        self.calls.append(("end", summary))
+
+
+class _Raises(Callback):
+    def on_update_end(self, trainer, record):
+        raise KeyError("callback failed")
+
+
+def _small_trainer(out, callbacks=None, updates=2):
+    potential = LennardJones(3.3, 0.0104, 8.5)
+    potential.epsilon.requires_grad_(False)
+    return DiffTReTrainer(potential, _lj_fluid(), [StatePoint("T181", 181.0)],
+                          [Target("rdf", "rdf", np.ones(20), x=np.arange(20) * 0.25 + 2.6)],
+                          sampler_config=SamplerConfig(**{**LJ_SAMPLER, "snapshots_per_replica": 5,
+                                                          "equilibration_steps": 20}),
+                          config=TrainerConfig(updates=updates, learning_rate=0.01, progress=False,
+                                               tensorboard=False, final_sample=False),
+                          out_dir=out, callbacks=callbacks)
+
+
+def test_custom_callback_sees_every_record_and_changes_no_number(tmp_path):
+    """A callback appended to the defaults is called at the start, with each update's record (the
+    one in ``history``), and with fit()'s summary; a trainer without any callback writes no log or
+    checkpoint and gives the same losses and parameters bit for bit."""
+    trainer = _small_trainer(tmp_path / "default")
+    assert [type(c).__name__ for c in trainer.callbacks] == ["LogFileCallback", "ProgressCallback",
+                                                             "CheckpointCallback"]
+    recorder = _Recorder()
+    trainer.callbacks.append(recorder)
+    summary = trainer.fit()
+    assert recorder.calls == [("start", 0), ("update", 1, {"rdf"}), ("update", 2, {"rdf"}), ("end", summary)]
+    assert (tmp_path / "default" / "checkpoint.pt").exists()
+    assert len((tmp_path / "default" / "train.log").read_text().splitlines()) == 2
+    bare = _small_trainer(tmp_path / "bare", callbacks=[])
+    bare_summary = bare.fit()
+    assert not (tmp_path / "bare" / "checkpoint.pt").exists() and not (tmp_path / "bare" / "train.log").exists()
+    assert [r.loss for r in bare.history] == [r.loss for r in trainer.history]
+    assert bare_summary.parameters_final == summary.parameters_final
+    assert bare_summary.loss_final == summary.loss_final
+
+
+def test_callbacks_are_closed_when_the_fit_fails(tmp_path):
+    recorder = _Recorder()
+    trainer = _small_trainer(tmp_path, callbacks=[recorder, _Raises()], updates=1)
+    with pytest.raises(KeyError, match="callback failed"):
+        trainer.fit()
+    assert recorder.calls[0] == ("start", 0) and recorder.calls[-1] == ("end", None)
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_records_and_summary_round_trip_through_json(tmp_path):
+    """An update's record and the run's summary come back equal from to_json/from_json, also
+    through JSON text (timings included, though ``==`` ignores them); summary.json is the
+    summary's to_json() and reads back to the same bytes; the checkpoint keeps the history as
+    to_json() dicts."""
+    import dataclasses
+    import json
+
+    from difftre_torch.checkpoint import load_checkpoint
+    from difftre_torch.records import RunSummary, UpdateRecord
+
+    trainer = _small_trainer(tmp_path)
+    summary = trainer.fit()
+    assert isinstance(summary, RunSummary) and all(isinstance(r, UpdateRecord) for r in trainer.history)
+    for record in trainer.history:
+        for back in (UpdateRecord.from_json(record.to_json()),
+                     UpdateRecord.from_json(json.loads(json.dumps(record.to_json())))):
+            assert back == record and back.time == record.time
+    assert list(trainer.history[0].to_json()) == [f.name for f in dataclasses.fields(UpdateRecord)]
+    back = RunSummary.from_json(summary.to_json())
+    assert back == summary and back.time_s == summary.time_s
+    text = (tmp_path / "summary.json").read_text()
+    assert json.loads(text) == json.loads(json.dumps(summary.to_json()))
+    assert json.dumps(RunSummary.from_json(json.loads(text)).to_json(), indent=2) + "\n" == text
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["history"] == [r.to_json() for r in trainer.history]
+    with pytest.raises(ValueError, match="missing keys \\['parameters'\\]"):
+        UpdateRecord.from_json({k: v for k, v in trainer.history[0].to_json().items() if k != "parameters"})
+
+
+def test_resumed_trainer_retraces_the_uninterrupted_history(tmp_path):
+    """Three updates in one go against two, a new trainer's resume from the checkpoint, one more:
+    the typed records are equal (every number but the wall clock), the restored ones keep their
+    timings too, and the summaries agree but for the output paths."""
+    import dataclasses
+
+    straight = _small_trainer(tmp_path / "straight", updates=3)
+    straight_summary = straight.fit()
+    first = _small_trainer(tmp_path / "resumed", updates=2)
+    first.fit()
+    resumed = _small_trainer(tmp_path / "resumed", updates=3)
+    resumed_summary = resumed.fit(resume=True)
+    assert resumed.history == straight.history
+    assert [r.time for r in resumed.history[:2]] == [r.time for r in first.history]
+    paths = dict(refined_potential="", figures=[], tables=[])
+    assert dataclasses.replace(resumed_summary, **paths) == dataclasses.replace(straight_summary, **paths)
 
 
 def test_existing_checkpoint_needs_resume(tmp_path):
@@ -237,7 +350,7 @@ def test_existing_checkpoint_needs_resume(tmp_path):
     assert not (tmp_path / "run.lock").exists()
     with pytest.raises(FileExistsError, match="resume"):
         make().fit()
-    assert make().fit(resume=True)["updates"] == 1
+    assert make().fit(resume=True).updates == 1
     from difftre_torch.checkpoint import run_lock
 
     with run_lock(tmp_path):  # another process resuming the same run
@@ -269,11 +382,11 @@ def test_nequip_model_refines_through_the_trainer_and_is_written_back(tiny_nequi
                              fm_batch_frames=3, progress=False, tensorboard=False, final_sample=False),
         out_dir=tmp_path, reference_frames=ReferenceFrames.from_atoms(frames))
     summary = trainer.fit()
-    assert summary["refined_potential"].endswith("refined_potential.ckpt")
-    assert summary["loss_initial"]["force_matching"] > 0
+    assert summary.refined_potential.endswith("refined_potential.ckpt")
+    assert summary.loss_initial["force_matching"] > 0
     changed = [k for k, v in potential.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
-    reloaded = load_nequip(summary["refined_potential"], dtype=torch.float64)
+    reloaded = load_nequip(summary.refined_potential, dtype=torch.float64)
     pos = torch.tensor(np.stack([a.positions for a in frames]))
     cell = torch.tensor(np.stack([a.cell.array for a in frames]))
     numbers = torch.tensor(frames[0].numbers)
@@ -302,11 +415,11 @@ def test_select_best_keeps_the_lowest_reliable_loss(tmp_path):
                              sampler_config=SamplerConfig(**{**LJ_SAMPLER, "snapshots_per_replica": 20}),
                              config=config, out_dir=tmp_path)
     summary = trainer.fit()
-    reliable = [r for r in trainer.history if min(r["n_eff_ratio"].values()) >= 0.9]
-    best = min(reliable, key=lambda r: r["loss"]["total"])
-    assert summary["selected"] == {"rule": "best", "update": best["update"], "loss": best["loss"]["total"],
-                                   "min_n_eff_ratio": 0.9}
-    assert float(potential.sigma.detach()) == pytest.approx(best["parameters"]["sigma"], abs=1e-12)
+    reliable = [r for r in trainer.history if min(r.n_eff_ratio.values()) >= 0.9]
+    best = min(reliable, key=lambda r: r.loss["total"])
+    assert summary.selected == {"rule": "best", "update": best.update, "loss": best.loss["total"],
+                                "min_n_eff_ratio": 0.9}
+    assert float(potential.sigma.detach()) == pytest.approx(best.parameters["sigma"], abs=1e-12)
     last = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert float(last["potential"]["sigma"]) != pytest.approx(best["parameters"]["sigma"], abs=1e-6)
-    assert last["best"]["update"] == best["update"]
+    assert float(last["potential"]["sigma"]) != pytest.approx(best.parameters["sigma"], abs=1e-6)
+    assert last["best"]["update"] == best.update

@@ -28,7 +28,7 @@ from difftre_torch.observables import (
     partial_rdfs,
     total_rdf,
 )
-from difftre_torch.sampling.ase_md import MDConfig
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
 from recipes.world import experiment as ex
 from recipes.world import replica_noise
 from recipes.world.replicas import load_replica
@@ -48,8 +48,8 @@ def write_replica(runs: Path, name: str, seed: int, n_frames: int = N_FRAMES, ca
         cell = structure.cell.array @ scale
         frac = structure.get_scaled_positions() + rng.normal(scale=0.08, size=(len(structure), 3)) @ np.linalg.inv(cell)
         frames.append({"positions": frac @ cell, "cell": cell, "temperature_K": 300.0})
-    md = MDConfig(ensemble="npt", temperature_K=300.0, pressure_GPa=1e-4, timestep_fs=1.0)
-    job = MDJob(name=name, calculator=calculator, md=md, equilibration_steps=0, frames=n_frames,
+    md, state = SamplerConfig(timestep_fs=1.0), StatePoint("T300_P1bar", 300.0, pressure_GPa=1e-4)
+    job = MDJob(name=name, calculator=calculator, md=md, state=state, equilibration_steps=0, frames=n_frames,
                 stride=10, seed=seed, labels=False, meta={"cell": "train56"})
     out = runs / name
     out.mkdir(parents=True)

@@ -230,7 +230,7 @@ def test_separation_frames_from_a_training_job(world, tmp_path):
     import shutil
 
     from recipes.world import separation
-    from recipes.world.binding import layer_index
+    from difftre_torch.analysis.binding import layer_index
 
     runs = tmp_path / "runs"
     source = world["runs"] / QUICK_JOBS["training"]

@@ -96,8 +96,9 @@ def time_limit(potential, positions, cells, numbers, device, seconds: float) -> 
 
 def measure_system(system: System, potential, device, replicas: list[int], seconds: float,
                    compiled=None) -> list[dict]:
-    from difftre_torch.sampling.batched import BatchedSampler, BatchedSamplerConfig
-    from difftre_torch.sampling.sampler import AseSampler, SamplerConfig, StatePoint
+    from difftre_torch.sampling.base import SamplerConfig, StatePoint
+    from difftre_torch.sampling.batched import BatchedSampler
+    from difftre_torch.sampling.sampler import AseSampler
 
     n_atoms = len(system.atoms)
     md = dict(timestep_fs=system.timestep_fs, friction_per_fs=system.friction_per_fs,
@@ -111,7 +112,7 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
     print(f"{system.name}: ASE {ase_rate:.1f} steps/s ({ase['steps']} steps)", flush=True)
     for R in replicas:
         sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
-                                 BatchedSamplerConfig(**md))
+                                 SamplerConfig(**md))
         timers = PhaseTimers(device) if device.type == "cpu" else None
         if timers is not None:
             with timers:
@@ -138,7 +139,7 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
               f"{rows[-1]['vs_ase']:.2f}× ASE, {100 * rows[-1]['vs_limit']:.0f} % of the limit", flush=True)
         if compiled is not None:
             sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
-                                     BatchedSamplerConfig(**md))
+                                     SamplerConfig(**md))
             run = time_rounds(sampler, compiled, device, seconds, 5)
             rate = R * run["steps"] / run["wall_s"]
             rows.append({"system": system.name, "atoms": n_atoms, "sampler": "batched, compiled", "R": R,

@@ -131,7 +131,9 @@ class ExperimentalData:
         that Q window). Files written by :func:`write_gr` also say how they were processed, and
         those keys become options too: ``lorch`` (G), ``lorch_r`` (S, F), ``rmax_transform``
         (→ ``r_max_A``) and ``weighting`` (e.g. "xray_q"). Keyword ``options`` are added last
-        and override all of these.
+        and override all of these. Only options the observable declares are derived (the rest of
+        the header stays in ``metadata``), and the Target checks them all: an unknown or invalid
+        one raises :class:`~difftre_torch.observables.options.OptionsError` naming the target.
         """
         derived: dict[str, Any] = {}
         if self.function == "G":

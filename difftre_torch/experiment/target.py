@@ -2,13 +2,15 @@
 
 A target is data. The observable is named by a key of
 :data:`difftre_torch.observables.registry.OBSERVABLES` ("rdf", "G", "S", "F", "pressure",
-"lattice_length", "interlayer_spacing", "density", …) and configured by ``options``; adding a
-target never touches the trainer.
+"lattice_length", "interlayer_spacing", "density", …) and configured by ``options``, which are
+validated against the observable's options dataclass when the target is built; adding a target
+never touches the trainer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,14 @@ class Target:
     sigma: [n] experimental standard errors (same units as values), or ``None``.
     weight: λ_k of this term.
     state_point: name of the state point whose ensemble it refers to (``None``: the only one).
-    options: observable options (weighting, Q range, Lorch window, axis, ...).
+    options: observable options (weighting, Q range, Lorch window, axes, ...) as a plain mapping,
+        kept as given (for serialisation); checked when the target is built against the
+        observable's options dataclass (:mod:`difftre_torch.observables.options`): an unknown,
+        mistyped or out-of-range option raises
+        :class:`~difftre_torch.observables.options.OptionsError` (a ``ValueError``).
+    settings: the validated options, an instance of that dataclass (e.g. ``GOptions``), which the
+        observable functions read. Not an argument: derived from ``observable``, ``options`` and
+        ``x``, and derived again when one of those is reassigned.
     """
 
     name: str
@@ -36,6 +45,7 @@ class Target:
     weight: float = 1.0
     state_point: str | None = None
     options: dict = field(default_factory=dict)
+    settings: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.values = torch.atleast_1d(torch.as_tensor(np.asarray(self.values), dtype=torch.float64))
@@ -56,3 +66,22 @@ class Target:
             raise ValueError(f"Target {self.name!r}: values contain NaN or inf")
         if self.weight < 0:
             raise ValueError(f"Target {self.name!r}: weight must be >= 0, got {self.weight}")
+        self.options = {} if self.options is None else self.options
+        self._validate_options()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SETTINGS_INPUTS and "settings" in self.__dict__:  # after __post_init__
+            self._validate_options()
+
+    def _validate_options(self) -> None:
+        from difftre_torch.observables.registry import validate_options  # the registry imports Target
+
+        settings = validate_options(self.observable, self.options, f"Target {self.name!r}", self.x)
+        if settings.grid is not None and self.x is None:
+            raise ValueError(f"Target {self.name!r}: observable {self.observable!r} is a function of "
+                             f"{settings.grid}; give its grid x")
+        object.__setattr__(self, "settings", settings)
+
+
+_SETTINGS_INPUTS = frozenset({"observable", "options", "x"})  # Target fields settings derive from

@@ -10,8 +10,11 @@ Two kinds:
   shared by all of them. Recomputed in every update; the gradient gets ⟨∂O/∂θ⟩ as well.
 
 Functions of r or Q are computed on an internal uniform grid and interpolated linearly onto
-the target's grid (linear, so it commutes with reweighting). Options common to the
-scattering observables (``target.options``):
+the target's grid (linear, so it commutes with reweighting). Each observable declares its
+options as a dataclass of :mod:`difftre_torch.observables.options` (``@register("G",
+options=GOptions)``); a target's ``options`` mapping is validated against it when the target is
+built (:func:`validate_options`: a misspelt or mistyped option is an error, not a silent
+default) and the functions here read the typed instance ``target.settings``. In short:
 
 * ``weighting``: "neutron" (default), "xray", "xray_q" (S/F: Q-dependent form factors; Z in
   r space) or "number" (Faber–Ziman total); or
@@ -22,22 +25,38 @@ scattering observables (``target.options``):
 * G(r): ``q_min``, ``q_max``, ``lorch`` — the instrument's Q range and Lorch window; without
   ``q_max`` G is the ideal 4πρr(g − 1).
 * S(Q), F(Q): ``lorch_r`` (real-space window in g → S).
+* lattice_length: ``axes``, ``repeats``; interlayer_spacing: ``layers_per_cell`` (required).
 
 Units: r Å, Q Å⁻¹, G Å⁻², F Å⁻¹, pressure and stress GPa, lengths Å, density g/cm³.
 
 To add an observable: write its function here (or in a module of its own) and decorate it with
-:func:`register`; nothing else changes.
+:func:`register`, with its options class if it takes options; nothing else changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from ase import units
 
 from difftre_torch.experiment.target import Target
+from difftre_torch.observables.options import (
+    DensityOptions,
+    FOptions,
+    GOptions,
+    InterlayerSpacingOptions,
+    LatticeLengthOptions,
+    NoOptions,
+    OptionsError,
+    PressureOptions,
+    RdfOptions,
+    SOptions,
+    StressOptions,
+    did_you_mean,
+    parse_options,
+)
 from difftre_torch.observables.rdf import partial_rdfs, total_rdf
 from difftre_torch.observables.scattering import (
     S_to_F,
@@ -61,29 +80,48 @@ class ObservableSpec:
     name: str
     depends_on_theta: bool
     fn: Callable
+    options: type = NoOptions  # its options dataclass (difftre_torch.observables.options)
 
 
 OBSERVABLES: dict[str, ObservableSpec] = {}
 DEFAULT_BIN_WIDTH_A = 0.02  # r bins of the internal g(r) for Q-space targets (S, F)
 
 
-def register(name: str, depends_on_theta: bool = False):
-    """Decorator adding ``fn`` to :data:`OBSERVABLES` under ``name``."""
+def register(name: str, depends_on_theta: bool = False, options: type = NoOptions):
+    """Decorator adding ``fn`` to :data:`OBSERVABLES` under ``name``; ``options``: the frozen
+    dataclass of its options, a subclass of :class:`NoOptions` (fields documented in
+    ``metadata["doc"]``, values checked by its ``check(x)``; see
+    :mod:`difftre_torch.observables.options`), :class:`NoOptions` itself when it takes none."""
+    if not (isinstance(options, type) and issubclass(options, NoOptions)):
+        raise TypeError(f"register({name!r}): options must be a dataclass subclassing NoOptions, got {options!r}")
+
     def wrap(fn: Callable) -> Callable:
-        OBSERVABLES[name] = ObservableSpec(name, depends_on_theta, fn)
+        OBSERVABLES[name] = ObservableSpec(name, depends_on_theta, fn, options)
         return fn
     return wrap
 
 
 def spec(target: Target) -> ObservableSpec:
     """The registry entry a target names; a clear error if unknown."""
+    return _entry(target.observable, f"Target {target.name!r}")
+
+
+def validate_options(observable: str, options: dict | None, where: str,
+                     x: torch.Tensor | None = None) -> Any:
+    """The options dataclass instance of ``observable`` (e.g. :class:`GOptions`) from the mapping
+    ``options``, every name, type and value checked; ``x`` the target's grid (r in Å or Q in
+    Å⁻¹, ``None``: not checked). Raises :class:`OptionsError` (a ``ValueError``) whose message
+    starts with ``where`` (e.g. ``"config.yaml: targets[2] (G_total).options"``) and names the
+    option: ``unknown option 'q_mx' (did you mean 'q_max'?); expected some of [...]``."""
+    return parse_options(_entry(observable, where).options, options, where, x)
+
+
+def _entry(observable: str, where: str) -> ObservableSpec:
     try:
-        return OBSERVABLES[target.observable]
-    except KeyError:
-        raise ValueError(
-            f"Target {target.name!r}: unknown observable {target.observable!r}; "
-            f"expected one of {sorted(OBSERVABLES)}"
-        ) from None
+        return OBSERVABLES[observable]
+    except (KeyError, TypeError):
+        raise OptionsError(where, f"unknown observable {observable!r}{did_you_mean(observable, OBSERVABLES)}; "
+                                  f"expected one of {sorted(OBSERVABLES)}") from None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,48 +145,51 @@ def _require_grid(target: Target) -> torch.Tensor:
 
 def _g_on_grid(positions, cells, numbers, target: Target, r_max_A: float):
     """(r [n_r], g [b, n_r]) on the internal uniform grid up to ``r_max_A``."""
+    opts = target.settings
     x = target.x
     real_space_grid = x is not None and target.observable in ("rdf", "G")
-    step = float(target.options.get("bin_width_A", float(x[1] - x[0]) if real_space_grid else DEFAULT_BIN_WIDTH_A))
+    step = opts.bin_width_A
+    if step is None:
+        step = float(x[1] - x[0]) if real_space_grid else DEFAULT_BIN_WIDTH_A
     n_bins = max(2, int(round(r_max_A / step)))
-    r, partials = partial_rdfs(positions, cells, numbers, n_bins * step, n_bins,
-                               smoothing_A=target.options.get("smoothing_A"))
-    pair = target.options.get("pair")
-    if pair is not None:
-        key = tuple(sorted(int(z) for z in pair))
+    r, partials = partial_rdfs(positions, cells, numbers, n_bins * step, n_bins, smoothing_A=opts.smoothing_A)
+    if opts.pair is not None:
+        key = tuple(sorted(opts.pair))
         if key not in partials:
             raise ValueError(f"Target {target.name!r}: no species pair {key}; have {sorted(partials)}")
         return r, partials[key], partials
-    weighting = target.options.get("weighting", "neutron")
     # "xray_q" (Q-dependent form factors) only exists in Q space; in r space it is Z weighting
-    g = total_rdf(partials, numbers, "xray" if weighting == "xray_q" else weighting)
+    g = total_rdf(partials, numbers, "xray" if opts.weighting == "xray_q" else opts.weighting)
     return r, g, partials
 
 
 # ----------------------------------------------------------------------------- θ-independent
 
 
-@register("rdf")
+@register("rdf", options=RdfOptions)
 def rdf(positions, cells, numbers, target: Target) -> torch.Tensor:
     """Total (Faber–Ziman) or partial g(r) on the target's r grid, [b, n]."""
     x = _require_grid(target)
-    r, g, _ = _g_on_grid(positions, cells, numbers, target,
-                         float(target.options.get("r_max_A", float(x[-1]) + float(x[1] - x[0]))))
+    r_max_A = target.settings.r_max_A
+    if r_max_A is None:
+        r_max_A = float(x[-1]) + float(x[1] - x[0])
+    r, g, _ = _g_on_grid(positions, cells, numbers, target, r_max_A)
     return _interp(x, r, g)
 
 
-@register("G")
+@register("G", options=GOptions)
 def reduced_pdf(positions, cells, numbers, target: Target) -> torch.Tensor:
     """G(r) = 4πρr(g − 1) (Å⁻²) on the target's grid; through the instrument's Q range if
     ``q_max`` is given (``q_min`` default 0, ``lorch`` default False)."""
     x = _require_grid(target)
-    opts = target.options
-    default_r_max = float(x[-1]) + (5.0 if "q_max" in opts else float(x[1] - x[0]))
-    r, g, _ = _g_on_grid(positions, cells, numbers, target, float(opts.get("r_max_A", default_r_max)))
+    opts: GOptions = target.settings
+    r_max_A = opts.r_max_A
+    if r_max_A is None:
+        r_max_A = float(x[-1]) + (5.0 if opts.q_max is not None else float(x[1] - x[0]))
+    r, g, _ = _g_on_grid(positions, cells, numbers, target, r_max_A)
     rho = number_density(len(numbers), cells)
-    if "q_max" in opts:
-        G = instrument_G(r, g, rho, float(opts.get("q_min", 0.0)), float(opts["q_max"]),
-                         lorch=bool(opts.get("lorch", False)))
+    if opts.q_max is not None:
+        G = instrument_G(r, g, rho, opts.q_min, opts.q_max, lorch=opts.lorch)
     else:
         G = g_to_G(r, g, rho)
     return _interp(x, r, G)
@@ -156,48 +197,44 @@ def reduced_pdf(positions, cells, numbers, target: Target) -> torch.Tensor:
 
 def _structure_factor(positions, cells, numbers, target: Target) -> torch.Tensor:
     q = _require_grid(target)
-    opts = target.options
-    r_max = float(opts.get("r_max_A", 10.0))
-    r, g, partials = _g_on_grid(positions, cells, numbers, target, r_max)
+    opts: SOptions = target.settings
+    r, g, partials = _g_on_grid(positions, cells, numbers, target, opts.r_max_A)
     rho = number_density(len(numbers), cells)
-    lorch = bool(opts.get("lorch_r", False))
-    if opts.get("weighting") == "xray_q" and "pair" not in opts:
-        return total_structure_factor(r, partials, numbers, rho, q.to(g), weighting="xray", lorch=lorch)
-    return g_to_S(r, g, rho, q.to(g), lorch=lorch)
+    if opts.weighting == "xray_q" and opts.pair is None:
+        return total_structure_factor(r, partials, numbers, rho, q.to(g), weighting="xray", lorch=opts.lorch_r)
+    return g_to_S(r, g, rho, q.to(g), lorch=opts.lorch_r)
 
 
-@register("S")
+@register("S", options=SOptions)
 def structure_factor(positions, cells, numbers, target: Target) -> torch.Tensor:
     """S(Q) on the target's Q grid from g(r) up to ``r_max_A`` (default 10 Å); weighting
     ``"xray_q"`` uses Q-dependent form factors."""
     return _structure_factor(positions, cells, numbers, target)
 
 
-@register("F")
+@register("F", options=FOptions)
 def reduced_structure_factor(positions, cells, numbers, target: Target) -> torch.Tensor:
     """F(Q) = Q(S(Q) − 1) (Å⁻¹) on the target's Q grid."""
     return S_to_F(target.x.to(positions), _structure_factor(positions, cells, numbers, target))
 
 
-@register("lattice_length")
+@register("lattice_length", options=LatticeLengthOptions)
 def lattice_length(positions, cells, numbers, target: Target) -> torch.Tensor:
     """Lattice lengths (Å): ``axes`` (default "abc") of the cell divided by ``repeats``
     (default [1, 1, 1]), so a supercell reports its unit cell's lengths. [b, len(axes)]."""
-    axes = target.options.get("axes", "abc")
-    repeats = torch.as_tensor(target.options.get("repeats", [1, 1, 1]), dtype=cells.dtype)
+    opts: LatticeLengthOptions = target.settings
+    repeats = torch.as_tensor(opts.repeats, dtype=cells.dtype)
     lengths = lattice_lengths(cells) / repeats.to(cells.device)
-    return lengths[:, ["abc".index(a) for a in axes]]
+    return lengths[:, ["abc".index(a) for a in opts.axes]]
 
 
-@register("interlayer_spacing")
+@register("interlayer_spacing", options=InterlayerSpacingOptions)
 def spacing(positions, cells, numbers, target: Target) -> torch.Tensor:
     """Mean interlayer spacing (Å) of layers stacked along c; option ``layers_per_cell``."""
-    if "layers_per_cell" not in target.options:
-        raise ValueError(f"Target {target.name!r}: interlayer_spacing needs options.layers_per_cell")
-    return interlayer_spacing(cells, int(target.options["layers_per_cell"]))[:, None]
+    return interlayer_spacing(cells, target.settings.layers_per_cell)[:, None]
 
 
-@register("density")
+@register("density", options=DensityOptions)
 def density(positions, cells, numbers, target: Target) -> torch.Tensor:
     """Mass density (g/cm³), [b, 1]."""
     from ase.data import atomic_masses
@@ -209,14 +246,14 @@ def density(positions, cells, numbers, target: Target) -> torch.Tensor:
 # ----------------------------------------------------------------------------- θ-dependent
 
 
-@register("pressure", depends_on_theta=True)
+@register("pressure", depends_on_theta=True, options=PressureOptions)
 def pressure_GPa(evaluation, n_atoms: int, temperature_K: float, target: Target) -> torch.Tensor:
     """Virial pressure with the canonical kinetic term (GPa), [b, 1]."""
     sigma = total_stress(evaluation.stress, evaluation.volume, n_atoms, temperature_K)
     return (pressure_from_stress(sigma) / units.GPa)[:, None]
 
 
-@register("stress", depends_on_theta=True)
+@register("stress", depends_on_theta=True, options=StressOptions)
 def stress_GPa(evaluation, n_atoms: int, temperature_K: float, target: Target) -> torch.Tensor:
     """Total stress (GPa, ASE sign) in Voigt order xx, yy, zz, yz, xz, xy, [b, 6]."""
     s = total_stress(evaluation.stress, evaluation.volume, n_atoms, temperature_K) / units.GPa

@@ -24,47 +24,17 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
+import torch
 from ase import Atoms, units
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-
-@dataclass
-class MDConfig:
-    """Settings of one ASE MD run (ASE units; fs and GPa at the interface).
-
-    ensemble: ``"nvt"`` (Langevin) or ``"npt"`` (LangevinBAOAB, Langevin–Hoover cell).
-    temperature_K: thermostat temperature.
-    timestep_fs: integration time step.
-    friction_per_fs: Langevin friction γ for the atoms (NPT: T_tau = 1/γ).
-    pressure_GPa: external hydrostatic pressure (NPT only).
-    barostat_tau_fs: cell fluctuation / damping time P_tau (NPT only).
-    hydrostatic: NPT with fixed cell shape (volume only) instead of the full cell.
-    min_distance_A: two atoms closer than this mark the trajectory as blown up.
-    max_volume_ratio: a cell whose volume leaves [V0/r, V0·r] marks it as blown up.
-    """
-
-    ensemble: Literal["nvt", "npt"] = "nvt"
-    temperature_K: float = 300.0
-    timestep_fs: float = 1.0
-    friction_per_fs: float = 0.01
-    pressure_GPa: float = 0.0
-    barostat_tau_fs: float = 1000.0
-    hydrostatic: bool = False
-    min_distance_A: float = 0.6
-    max_volume_ratio: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.ensemble not in ("nvt", "npt"):
-            raise ValueError(f"MDConfig.ensemble: expected 'nvt' or 'npt', got {self.ensemble!r}")
-        for name in ("temperature_K", "timestep_fs", "friction_per_fs", "barostat_tau_fs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"MDConfig.{name}: expected > 0, got {getattr(self, name)!r}")
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
+from difftre_torch.sampling.blowups import blow_up_reasons
 
 
 def initialise_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
@@ -73,36 +43,40 @@ def initialise_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Gen
     Stationary(atoms)
 
 
-def build_integrator(atoms: Atoms, config: MDConfig, rng: np.random.Generator) -> MolecularDynamics:
-    """An ASE integrator for ``atoms`` (which must carry its calculator), driven by ``rng``.
+def build_integrator(atoms: Atoms, config: SamplerConfig, state: StatePoint,
+                     rng: np.random.Generator) -> MolecularDynamics:
+    """An ASE integrator for ``atoms`` (which must carry its calculator) at ``state``, driven by ``rng``.
 
-    A ``FixCom`` constraint is added if absent: the centre of mass stays put, and the number of
-    degrees of freedom used for the kinetic temperature is 3N − 3.
+    ``state.ensemble`` picks it: NVT ``Langevin`` or NPT ``LangevinBAOAB`` at
+    ``state.pressure_GPa``; ``config`` gives the time step, friction, barostat time and
+    ``hydrostatic`` (its other fields are the samplers'). A ``FixCom`` constraint is added if
+    absent: the centre of mass stays put, and the number of degrees of freedom used for the
+    kinetic temperature is 3N − 3.
     """
     if atoms.calc is None:
         raise ValueError("build_integrator: atoms has no calculator attached")
     if not any(isinstance(c, FixCom) for c in atoms.constraints):
         atoms.set_constraint(list(atoms.constraints) + [FixCom()])
     dt = config.timestep_fs * units.fs
-    if config.ensemble == "nvt":
+    if state.ensemble == "nvt":
         return Langevin(
             atoms,
             timestep=dt,
-            temperature_K=config.temperature_K,
+            temperature_K=state.temperature_K,
             friction=config.friction_per_fs / units.fs,
             fixcm=False,
             rng=rng,
         )
     from ase.md.langevinbaoab import LangevinBAOAB
 
-    pressure = config.pressure_GPa * units.GPa
+    pressure = state.pressure_GPa * units.GPa
     external = -pressure if config.hydrostatic else -pressure * np.identity(3)
     with warnings.catch_warnings():  # FixCom is fine here: it only projects momenta
         warnings.simplefilter("ignore")
         return LangevinBAOAB(
             atoms,
             timestep=dt,
-            temperature_K=config.temperature_K,
+            temperature_K=state.temperature_K,
             externalstress=external,
             hydrostatic=config.hydrostatic,
             T_tau=units.fs / config.friction_per_fs,
@@ -143,26 +117,16 @@ def restore_integrator_state(dyn: MolecularDynamics, state: dict) -> None:
             setattr(dyn, name, float(value) if value.ndim == 0 else value.copy())
 
 
-def blow_up_reason(atoms: Atoms, config: MDConfig, reference_volume_A3: float) -> str | None:
-    """Why the current configuration is unphysical, or ``None`` if it looks healthy.
-
-    Checks: non-finite positions or momenta; two atoms closer than ``config.min_distance_A``
-    (minimum image, via vesin); volume outside the allowed ratio of ``reference_volume_A3``.
-    """
-    pos = atoms.get_positions()
-    if not (np.isfinite(pos).all() and np.isfinite(atoms.get_momenta()).all()):
-        return "non-finite positions or momenta"
-    volume = abs(np.linalg.det(atoms.cell.array))
-    ratio = volume / reference_volume_A3
-    if not (1.0 / config.max_volume_ratio <= ratio <= config.max_volume_ratio):
-        return f"cell volume {volume:.1f} Å³ is {ratio:.2f}× the reference"
-    from vesin import NeighborList
-
-    nl = NeighborList(cutoff=config.min_distance_A, full_list=False)
-    i, j = nl.compute(points=pos, box=atoms.cell.array, periodic=bool(atoms.pbc.all()), quantities="ij")
-    if len(i):
-        return f"atoms {int(i[0])} and {int(j[0])} closer than {config.min_distance_A} Å"
-    return None
+def blow_up_reason(atoms: Atoms, config: SamplerConfig, reference_volume_A3: float) -> str | None:
+    """Why the current configuration of ``atoms`` is unphysical, or ``None`` if it looks healthy:
+    :func:`~difftre_torch.sampling.blowups.blow_up_reasons` for this one system (R = 1; close
+    pairs from a vesin search, minimum image if ``atoms`` is periodic in 3D), with
+    ``config.min_distance_A`` and ``config.max_volume_ratio``."""
+    as_batch = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))[None]
+    return blow_up_reasons(as_batch(atoms.get_positions()), as_batch(atoms.get_momenta()),
+                           as_batch(atoms.cell.array), reference_volume_A3,
+                           min_distance_A=config.min_distance_A, max_volume_ratio=config.max_volume_ratio,
+                           periodic=bool(atoms.pbc.all()))[0]
 
 
 @dataclass
@@ -177,25 +141,24 @@ class SegmentResult:
 def run_segment(
     dyn: MolecularDynamics,
     n_steps: int,
-    config: MDConfig,
+    config: SamplerConfig,
     reference_volume_A3: float,
     *,
     stride: int = 0,
     record=None,
-    check_every: int = 10,
-    max_blow_ups: int = 20,
     on_step=None,
 ) -> SegmentResult:
     """Advance ``dyn`` by ``n_steps``, recording ``record(atoms)`` every ``stride`` steps.
 
-    Every ``check_every`` steps (and at the end) the configuration is checked with
+    Every ``config.check_every`` steps (and at the end) the configuration is checked with
     :func:`blow_up_reason`; an exception raised by the calculator counts as a blow-up too. On a
     blow-up the frames recorded since the last healthy check are discarded, a warning is
     issued, and the run continues from that healthy state with the random stream advanced (new
-    noise, so the same blow-up does not repeat). After ``max_blow_ups`` it gives up with a
-    RuntimeError. No frame from a broken trajectory is ever returned. ``on_step(dyn)`` is called
+    noise, so the same blow-up does not repeat). After ``config.max_blow_ups`` it gives up with
+    a RuntimeError. No frame from a broken trajectory is ever returned. ``on_step(dyn)`` is called
     after every step (monitoring, or tests that inject faults).
     """
+    check_every, max_blow_ups = config.check_every, config.max_blow_ups
     start = int(dyn.nsteps)
     target = start + int(n_steps)
     frames: list = []

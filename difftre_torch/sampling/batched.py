@@ -1,11 +1,13 @@
 """R replicas of one system advanced together as one batch on the potential's device.
 
-:class:`BatchedSampler` has the interface of :class:`~difftre_torch.sampling.sampler.AseSampler`
-(``sample(potential) -> list[RawSamples]``, ``state_dict``, ``load_state_dict``, ``blow_ups``,
-``state_points``) and returns the same :class:`~difftre_torch.sampling.sampler.RawSamples`, so
-the trainer cannot tell which one ran. All replicas of all state points share one batch: one
-energy + force (+ stress) evaluation per step for all of them, temperatures and pressures per
-replica. Physics (units ASE's: Å, eV, fs at the interface, K, GPa; cells as rows):
+:class:`BatchedSampler` is a :class:`~difftre_torch.sampling.base.Sampler`, as
+:class:`~difftre_torch.sampling.sampler.AseSampler` is (``sample(potential) -> list[RawSamples]``,
+``state_dict``, ``load_state_dict``, ``blow_ups``, ``state_points``), takes the same
+:class:`~difftre_torch.sampling.base.SamplerConfig` and returns the same
+:class:`~difftre_torch.sampling.base.RawSamples`, so the trainer cannot tell which one ran.
+All replicas of all state points share one batch: one energy + force (+ stress) evaluation per
+step for all of them, temperatures and pressures per replica. Physics (units ASE's: Å, eV, fs
+at the interface, K, GPa; cells as rows):
 
 * the step is :mod:`difftre_torch.sampling.integrators`: BAOAB Langevin for the atoms (same
   γ, T and Δt meaning as ASE's ``Langevin``), Langevin–Hoover for the cell of NPT replicas (the
@@ -25,11 +27,12 @@ replica. Physics (units ASE's: Å, eV, fs at the interface, K, GPa; cells as row
 * noise (:mod:`difftre_torch.sampling.noise`): one ``torch.Generator`` per replica, seeded from (seed, state point, replica), drawn
   ``noise_block_steps`` steps at a time; a replica's trajectory does not depend on which other
   replicas share its batch;
-* blow-ups (:mod:`difftre_torch.sampling.blowups`), per replica, every ``check_every`` steps: non-finite values, two atoms closer than
-  ``min_distance_A``, volume outside the allowed ratio. That replica's frames since its last
-  good check are dropped, it restarts from that state with the noise stream moved on (new noise),
-  the event goes to ``blow_ups`` and a warning; the others carry on, and finished replicas wait
-  (unchanged) until every replica has its frames.
+* blow-ups (:mod:`difftre_torch.sampling.blowups`, the check the ASE sampler makes too, here
+  with the Verlet list's pairs), per replica, every ``check_every`` steps: non-finite values,
+  volume outside the allowed ratio, two atoms closer than ``min_distance_A``. That replica's
+  frames since its last good check are dropped, it restarts from that state with the noise
+  stream moved on (new noise), the event goes to ``blow_ups`` and a warning; the others carry
+  on, and finished replicas wait (unchanged) until every replica has its frames.
 * ``state_dict()`` holds positions, momenta, cells, cell momenta, generator states and the step
   count; a restored sampler continues bit for bit on the same device type.
 
@@ -85,28 +88,9 @@ from difftre_torch.sampling.integrators import (
     kinetic_temperature_K,
     maxwell_boltzmann_momenta,
 )
+from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
 from difftre_torch.sampling.blowups import blow_up_reasons
 from difftre_torch.sampling.noise import ReplicaNoise, replica_seed
-from difftre_torch.sampling.sampler import RawSamples, SamplerConfig, StatePoint
-
-
-@dataclass
-class BatchedSamplerConfig(SamplerConfig):
-    """:class:`~difftre_torch.sampling.sampler.SamplerConfig` plus the batched sampler's own
-    settings (a plain SamplerConfig works too, with these defaults).
-
-    skin_A: Verlet skin (Å) added to the potential's cut-off.
-    noise_block_steps: steps of Gaussian noise drawn per replica at once (fewer kernel launches).
-    max_blow_ups: blow-ups one replica may have in one segment before a RuntimeError.
-    """
-
-    skin_A: float = 1.0
-    noise_block_steps: int = 32
-    max_blow_ups: int = 20
-
-    def __post_init__(self) -> None:
-        if self.skin_A < 0 or self.noise_block_steps < 1:
-            raise ValueError("BatchedSamplerConfig: skin_A >= 0 and noise_block_steps >= 1 are required")
 
 
 def pair_list_request(potential: Potential) -> tuple[float, bool] | None:
@@ -137,8 +121,9 @@ class BatchedSampler:
     """R replicas (all state points together) advanced as one batch; see the module docstring.
 
     atoms: the system (positions, cell rows, numbers, masses). state_points: as for AseSampler.
-    config: a :class:`BatchedSamplerConfig` or a plain SamplerConfig. ``replicas`` lists
-    (state point index, replica index within it) in batch order.
+    config: the MD settings (``skin_A`` and ``noise_block_steps`` are this sampler's own;
+    default: ``SamplerConfig()``). ``replicas`` lists (state point index, replica index within
+    it) in batch order.
     """
 
     def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None) -> None:
@@ -153,7 +138,7 @@ class BatchedSampler:
         self.template.calc = None
         self.template.set_constraint()
         self.state_points = list(state_points)
-        self.config = config or BatchedSamplerConfig()
+        self.config = config or SamplerConfig()
         self.replicas = [(p, r) for p, point in enumerate(self.state_points) for r in range(point.replicas)]
         self.reference_volume_A3 = float(self.template.get_volume())
         self.state: LangevinState | None = None
@@ -168,9 +153,6 @@ class BatchedSampler:
     @property
     def n_replicas(self) -> int:
         return len(self.replicas)
-
-    def _setting(self, name: str):
-        return getattr(self.config, name, getattr(BatchedSamplerConfig, name))
 
     def _parameters(self, device, dtype=torch.float64) -> LangevinParameters:
         cfg, n = self.config, len(self.template)
@@ -191,7 +173,7 @@ class BatchedSampler:
     def _initialise(self, device, params: LangevinParameters) -> None:
         n = len(self.template)
         seeds = [replica_seed(self.config.seed, p, r) for p, r in self.replicas]
-        self.noise = ReplicaNoise(seeds, 3 * n + 9, self._setting("noise_block_steps"), device, torch.float64)
+        self.noise = ReplicaNoise(seeds, 3 * n + 9, self.config.noise_block_steps, device, torch.float64)
         pending, self._pending = self._pending, None
         as_device = lambda t: t.to(device=device, dtype=torch.float64)
         if pending is not None and pending["state"] is not None:
@@ -221,7 +203,7 @@ class BatchedSampler:
         cutoff = max(request[0] if request else 0.0, self.config.min_distance_A)
         verlet = None
         if cutoff > 0:  # always rebuilt at the start of a round (exact restores depend on it)
-            verlet = verlet_list(self.state.positions, self.state.cells, cutoff, self._setting("skin_A"),
+            verlet = verlet_list(self.state.positions, self.state.cells, cutoff, self.config.skin_A,
                                  full=request[1] if request else False)
         numbers = torch.as_tensor(self.template.numbers, dtype=torch.long, device=device)
         ctx = _Round(potential, params, numbers, request, verlet, params.any_barostat)
@@ -322,8 +304,10 @@ class BatchedSampler:
                     continue
                 if ctx.verlet is not None:
                     refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells)
-                reasons = blow_up_reasons(self.state, self.reference_volume_A3, cfg.min_distance_A,
-                                          cfg.max_volume_ratio, ctx.verlet)
+                reasons = blow_up_reasons(
+                    self.state.positions, self.state.momenta, self.state.cells, self.reference_volume_A3,
+                    min_distance_A=cfg.min_distance_A, max_volume_ratio=cfg.max_volume_ratio,
+                    pairs=None if ctx.verlet is None else ctx.verlet.pairs)
             else:  # the potential failed for the whole batch: every replica that moved is suspect
                 reasons = [error if a else None for a in active]
             since_check = 0
@@ -333,7 +317,7 @@ class BatchedSampler:
                 blow_count[k] += 1
                 message = f"{self.state_points[p].name}/replica {r}: step {int(steps[k])}: {reasons[k]}"
                 self.blow_ups.append(message)
-                if blow_count[k] > self._setting("max_blow_ups"):
+                if blow_count[k] > cfg.max_blow_ups:
                     raise RuntimeError(f"MD blew up {blow_count[k]} times; last: {message}")
                 warnings.warn(f"MD blow-up ({message}); discarding {int(count[k] - good_count[k])} frame(s) "
                               f"and restarting from step {int(good_steps[k])}", RuntimeWarning)
@@ -362,9 +346,20 @@ class BatchedSampler:
         t0 = time.perf_counter()
         ctx = self._start_round(potential)
         equilibration = cfg.equilibration_steps if self.rounds == 0 else cfg.reequilibration_steps
-        warm = self._run(ctx, equilibration, on_step=on_step)
-        prod = self._run(ctx, cfg.snapshots_per_replica * cfg.stride, cfg.stride,
-                         cfg.snapshots_per_replica, on_step=on_step)
+        bar = progress_bar(cfg, equilibration + cfg.snapshots_per_replica * cfg.stride,
+                           f"MD {'+'.join(p.name for p in self.state_points)} ({self.n_replicas} replicas)")
+
+        def step(sampler) -> None:
+            bar.update(1)
+            if on_step is not None:
+                on_step(sampler)
+
+        try:
+            warm = self._run(ctx, equilibration, on_step=step)
+            prod = self._run(ctx, cfg.snapshots_per_replica * cfg.stride, cfg.stride,
+                             cfg.snapshots_per_replica, on_step=step)
+        finally:
+            bar.close()
         out_device, out_dtype = potential_device_dtype(potential)
         wall = time.perf_counter() - t0
         rebuilds = 0 if ctx.verlet is None else int(ctx.verlet.builds.sum()) - self.n_replicas

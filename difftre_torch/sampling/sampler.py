@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -23,83 +23,20 @@ from ase import Atoms
 from difftre_torch.potentials.ase_calculator import PotentialCalculator, potential_device_dtype
 from difftre_torch.potentials.base import Potential
 from difftre_torch.sampling.ase_md import (
-    MDConfig,
     build_integrator,
     initialise_velocities,
     integrator_state,
     restore_integrator_state,
     run_segment,
 )
-
-
-@dataclass
-class StatePoint:
-    """A thermodynamic state: temperature (K), pressure (GPa; ``None`` → NVT), replicas."""
-
-    name: str
-    temperature_K: float
-    pressure_GPa: float | None = None
-    replicas: int = 1
-
-    def __post_init__(self) -> None:
-        if self.temperature_K <= 0:
-            raise ValueError(f"StatePoint {self.name!r}: temperature_K must be > 0")
-        if self.replicas < 1:
-            raise ValueError(f"StatePoint {self.name!r}: replicas must be >= 1")
-
-
-@dataclass
-class SamplerConfig:
-    """MD settings shared by all replicas (ASE units; see :class:`~difftre_torch.sampling.ase_md.MDConfig`).
-
-    equilibration_steps: before the first round's snapshots.
-    reequilibration_steps: before later rounds' snapshots (the potential has changed).
-    snapshots_per_replica, stride: snapshots per replica per round, steps between them.
-    """
-
-    timestep_fs: float = 1.0
-    friction_per_fs: float = 0.01
-    barostat_tau_fs: float = 1000.0
-    hydrostatic: bool = False
-    equilibration_steps: int = 1000
-    reequilibration_steps: int = 200
-    snapshots_per_replica: int = 100
-    stride: int = 10
-    min_distance_A: float = 0.6
-    max_volume_ratio: float = 2.0
-    check_every: int = 10
-    seed: int = 0
-
-    def md_config(self, state: StatePoint) -> MDConfig:
-        return MDConfig(
-            ensemble="nvt" if state.pressure_GPa is None else "npt",
-            temperature_K=state.temperature_K,
-            timestep_fs=self.timestep_fs,
-            friction_per_fs=self.friction_per_fs,
-            pressure_GPa=0.0 if state.pressure_GPa is None else state.pressure_GPa,
-            barostat_tau_fs=self.barostat_tau_fs,
-            hydrostatic=self.hydrostatic,
-            min_distance_A=self.min_distance_A,
-            max_volume_ratio=self.max_volume_ratio,
-        )
-
-
-@dataclass
-class RawSamples:
-    """Snapshots of one state point from one round: positions [S,N,3] Å, cells [S,3,3] Å,
-    replica [S]; plus the round's statistics."""
-
-    state_point: StatePoint
-    positions: torch.Tensor
-    cells: torch.Tensor
-    replica: torch.Tensor
-    stats: dict = field(default_factory=dict)
+from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
 
 
 class AseSampler:
-    """R replicas per state point, advanced one after another with ASE integrators."""
+    """R replicas per state point, advanced one after another with ASE integrators; a
+    :class:`~difftre_torch.sampling.base.Sampler`."""
 
-    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig) -> None:
+    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None) -> None:
         if not state_points:
             raise ValueError("AseSampler: at least one state point is needed")
         names = [s.name for s in state_points]
@@ -109,7 +46,7 @@ class AseSampler:
         self.template.calc = None
         self.template.set_constraint()
         self.state_points = list(state_points)
-        self.config = config
+        self.config = config or SamplerConfig()
         self.reference_volume_A3 = float(self.template.get_volume())
         self.replica_states: dict[tuple[int, int], dict] = {}
         self.rounds = 0
@@ -122,8 +59,8 @@ class AseSampler:
         """One round: every replica of every state point, with ``potential`` driving the MD."""
         device, dtype = potential_device_dtype(potential)
         out = []
+        cfg = self.config
         for p, point in enumerate(self.state_points):
-            md = self.config.md_config(point)
             positions, cells, replicas = [], [], []
             t0 = time.perf_counter()
             discarded = 0
@@ -135,21 +72,24 @@ class AseSampler:
                 saved = self.replica_states.get((p, r))
                 if saved is None:
                     initialise_velocities(atoms, point.temperature_K, rng)
-                dyn = build_integrator(atoms, md, rng)
+                dyn = build_integrator(atoms, cfg, point, rng)
                 if saved is not None:
                     restore_integrator_state(dyn, saved)
                     _refresh_cached_forces(dyn)  # they belong to the previous potential
-                equilibration = (self.config.equilibration_steps if saved is None
-                                 else self.config.reequilibration_steps)
-                hook = None if on_step is None else (lambda d, p=p, r=r: on_step(p, r, d))
-                seg = run_segment(dyn, equilibration, md, self.reference_volume_A3,
-                                  check_every=self.config.check_every, on_step=hook)
+                equilibration = cfg.equilibration_steps if saved is None else cfg.reequilibration_steps
+                bar = progress_bar(cfg, equilibration + cfg.snapshots_per_replica * cfg.stride,
+                                   f"MD {point.name} replica {r + 1}/{point.replicas}")
+
+                def hook(d, p=p, r=r, bar=bar):
+                    bar.update(1)
+                    if on_step is not None:
+                        on_step(p, r, d)
+
+                seg = run_segment(dyn, equilibration, cfg, self.reference_volume_A3, on_step=hook)
                 self.blow_ups += [f"{point.name}/replica {r}: {b}" for b in seg.blow_ups]
-                prod = run_segment(
-                    dyn, self.config.snapshots_per_replica * self.config.stride, md,
-                    self.reference_volume_A3, stride=self.config.stride, record=_record,
-                    check_every=self.config.check_every, on_step=hook,
-                )
+                prod = run_segment(dyn, cfg.snapshots_per_replica * cfg.stride, cfg, self.reference_volume_A3,
+                                   stride=cfg.stride, record=_record, on_step=hook)
+                bar.close()
                 self.blow_ups += [f"{point.name}/replica {r}: {b}" for b in prod.blow_ups]
                 discarded += seg.discarded + prod.discarded
                 for pos, cell, temp in prod.frames:

@@ -8,7 +8,7 @@ the teacher misses is known exactly: D3. A correction ΔU refined against realit
 then shows a de-biased energy error vs the teacher of about the size of ΔU's spread. This check
 says whether that departure is reality's: per frame, e_ΔU = ΔU/N and e_D3 = E_D3/N (meV/atom),
 each with its frame mean removed (a constant per atom is not measurable from structure; see
-:mod:`recipes.gc3n4.transfer`), and reports the RMS of each, the RMS of their difference and
+:mod:`difftre_torch.workflow.steps`), and reports the RMS of each, the RMS of their difference and
 their correlation. Only the correction's energy enters (the frozen base cancels in refined −
 base). The reference calculator is D3 by default (needs the ``world`` extra).
 """
@@ -35,7 +35,7 @@ def energies_per_atom_meV(correction: torch.nn.Module, frames: list) -> np.ndarr
 
 def reference_per_atom_meV(calc: Calculator, frames: list) -> np.ndarray:
     """The reference calculator's energy per atom of each frame, meV/atom."""
-    from recipes.world.binding import energy_eV
+    from difftre_torch.analysis.binding import energy_eV
 
     return 1e3 * np.asarray([energy_eV(calc, atoms) / len(atoms) for atoms in frames])
 

@@ -86,6 +86,7 @@ def force_difference_rms_meV_A(frames: list[Atoms]) -> float:
 def export(runs: str | Path, out: str | Path) -> dict:
     """Write ``<cell>.extxyz.gz`` per cell and ``heldout.json`` (see module doc); returns the latter."""
     from difftre_torch.checkpoint import atomic_write_json
+    from recipes.world.jobs import recorded_state
 
     t0 = time.perf_counter()
     runs, out = Path(runs), Path(out)
@@ -119,8 +120,8 @@ def export(runs: str | Path, out: str | Path) -> dict:
                 "job": done["job"]["name"],
                 "seed": done["job"]["seed"],
                 "calculator": done["job"]["calculator"],
-                "ensemble": done["job"]["md"]["ensemble"],
-                "temperature_K": done["job"]["md"]["temperature_K"],
+                "ensemble": recorded_state(done["job"])["ensemble"],
+                "temperature_K": recorded_state(done["job"])["temperature_K"],
                 "timestep_fs": done["job"]["md"]["timestep_fs"],
                 "equilibration_steps": done["job"]["equilibration_steps"],
                 "stride": done["job"]["stride"],

@@ -25,23 +25,27 @@ from ase.io import write
 
 from difftre_torch.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
 from difftre_torch.sampling.ase_md import (
-    MDConfig,
     blow_up_reason,
     build_integrator,
     initialise_velocities,
     integrator_state,
     restore_integrator_state,
 )
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
 from recipes.world import calculators
 
 
 @dataclass
 class MDJob:
-    """One world trajectory. ``labels``: store energy/forces/stress per frame (else geometry)."""
+    """One world trajectory. ``md``: the integrator settings and blow-up limits (time step,
+    friction, barostat time; its round settings are not used: the job's own
+    ``equilibration_steps``, ``frames`` and ``stride`` are). ``state``: temperature, and pressure
+    for NPT. ``labels``: store energy/forces/stress per frame (else geometry)."""
 
     name: str
     calculator: str
-    md: MDConfig
+    md: SamplerConfig
+    state: StatePoint
     equilibration_steps: int
     frames: int
     stride: int
@@ -49,6 +53,20 @@ class MDJob:
     labels: bool = True
     checkpoint_every: int = 200
     meta: dict = field(default_factory=dict)
+
+
+def recorded_state(job: dict) -> dict:
+    """Ensemble ("nvt"/"npt"), temperature_K and pressure_GPa (None for NVT) of a job as its
+    done.json records it: ``job["state"]``, or ``job["md"]`` in files written before the MD
+    settings and the state point were split."""
+    if "state" in job:
+        state = job["state"]
+        pressure = state.get("pressure_GPa")
+        return {"ensemble": "nvt" if pressure is None else "npt", "temperature_K": state.get("temperature_K"),
+                "pressure_GPa": pressure}
+    md = job.get("md", {})
+    return {"ensemble": md.get("ensemble"), "temperature_K": md.get("temperature_K"),
+            "pressure_GPa": md.get("pressure_GPa") if md.get("ensemble") == "npt" else None}
 
 
 def _teacher_component(calc):
@@ -105,8 +123,8 @@ def run_job(job: MDJob, structure: Atoms, out_dir: str | Path, device: str | Non
     atoms = structure.copy()
     atoms.calc = calculators.make(job.calculator, device)
     rng = np.random.default_rng(job.seed)
-    initialise_velocities(atoms, job.md.temperature_K, rng)
-    dyn = build_integrator(atoms, job.md, rng)
+    initialise_velocities(atoms, job.state.temperature_K, rng)
+    dyn = build_integrator(atoms, job.md, job.state, rng)
     frames: list[dict] = []
     discarded = 0
     wall = 0.0
@@ -150,7 +168,7 @@ def run_job(job: MDJob, structure: Atoms, out_dir: str | Path, device: str | Non
             save()
     save()
     info = {"job": job.name, "calculator": job.calculator, **job.meta,
-            "temperature_target_K": job.md.temperature_K, "ensemble": job.md.ensemble}
+            "temperature_target_K": job.state.temperature_K, "ensemble": job.state.ensemble}
     write(out / "frames.extxyz", frames_to_atoms(structure, frames, info))
     atomic_write_json(out / "done.json", {
         "job": json.loads(json.dumps(asdict(job))),

@@ -83,10 +83,13 @@ def infer_repeats(n_atoms: int, meta: dict | None = None) -> tuple[int, int, int
 
 def load_replica(job_dir: str | Path, max_frames: int | None = None) -> Replica:
     """Frames and settings of a finished job written by :func:`recipes.world.jobs.run_job`."""
+    from recipes.world.jobs import recorded_state
+
     job_dir = Path(job_dir)
     done = json.loads((job_dir / "done.json").read_text())
     job = done.get("job", {})
     md = job.get("md", {})
+    state = recorded_state(job)
     frames = read(job_dir / "frames.extxyz", index=":")
     if max_frames is not None and len(frames) > max_frames:
         frames = [frames[k] for k in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
@@ -103,8 +106,8 @@ def load_replica(job_dir: str | Path, max_frames: int | None = None) -> Replica:
         cells=torch.tensor(np.stack([a.cell.array for a in frames]), dtype=torch.float64),
         numbers=numbers,
         repeats=infer_repeats(len(numbers), job.get("meta")),
-        temperature_K=md.get("temperature_K"),
-        pressure_GPa=md.get("pressure_GPa") if md.get("ensemble") == "npt" else None,
+        temperature_K=state["temperature_K"],
+        pressure_GPa=state["pressure_GPa"],
         frame_interval_fs=interval,
         meta=job.get("meta", {}),
     )

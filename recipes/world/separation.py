@@ -34,7 +34,7 @@ from ase.io import read, write
 
 from difftre_torch.checkpoint import atomic_write_json
 from recipes.world import calculators
-from recipes.world.binding import rigid_spacing
+from difftre_torch.analysis.binding import rigid_spacing
 
 SPACINGS_A = (4.1, 4.3, 4.6, 5.0, 5.5, 6.0, 7.0)
 JOB = "train_separation"

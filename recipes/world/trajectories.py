@@ -28,7 +28,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from difftre_torch.sampling.ase_md import MDConfig
+from difftre_torch.sampling.base import SamplerConfig, StatePoint
 from recipes.world import calculators
 from recipes.world.jobs import MDJob, run_job
 from recipes.world.structures import make_cell, with_spacing
@@ -53,13 +53,13 @@ def relaxed_unit(calculator: str, structures: Path = STRUCTURES) -> Atoms:
 
 
 def experiment_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
-    md = MDConfig(ensemble="npt", temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.01,
-                  pressure_GPa=ONE_BAR_GPA, barostat_tau_fs=500.0)
+    md = SamplerConfig(timestep_fs=1.0, friction_per_fs=0.01, barostat_tau_fs=500.0)
+    state = StatePoint("T300_P1bar", 300.0, pressure_GPa=ONE_BAR_GPA)
     jobs = []
     for calc, seeds in (("reality", (101, 102, 103, 104, 105)), ("teacher", (201,))):
         cell = make_cell(relaxed_unit(calc, structures), "cell112")
         for seed in seeds:
-            job = MDJob(name=f"npt300_{calc}_cell112_s{seed}", calculator=calc, md=md,
+            job = MDJob(name=f"npt300_{calc}_cell112_s{seed}", calculator=calc, md=md, state=state,
                         equilibration_steps=2000, frames=500, stride=10, seed=seed, labels=False,
                         meta={"cell": "cell112"})
             jobs.append((job, cell))
@@ -79,8 +79,9 @@ def training_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
             scale = float(rng.uniform(0.985, 1.015))
             cell = with_spacing(cell, spacing, in_plane_scale=scale)
         tag = "own" if spacing is None else f"{spacing:.1f}"
-        md = MDConfig(ensemble="nvt", temperature_K=T, timestep_fs=1.0, friction_per_fs=0.02)
+        md = SamplerConfig(timestep_fs=1.0, friction_per_fs=0.02)
         job = MDJob(name=f"train_{cell_name}_T{T:.0f}_d{tag}", calculator="teacher", md=md,
+                    state=StatePoint(f"T{T:.0f}", T),
                     equilibration_steps=200, frames=60, stride=20, seed=1000 + k,
                     meta={"cell": cell_name, "spacing_A": spacing if spacing else 0.0,
                           "in_plane_scale": scale})
@@ -90,12 +91,12 @@ def training_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
 
 def heldout_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
     unit = relaxed_unit("reality", structures)
-    md = MDConfig(ensemble="nvt", temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.02)
+    md = SamplerConfig(timestep_fs=1.0, friction_per_fs=0.02)
     jobs = []
     for k, (cell_name, frames) in enumerate(
         (("train56", 40), ("cell112", 40), ("cell252", 30), ("cell448", 25))
     ):
-        job = MDJob(name=f"heldout_{cell_name}_T300", calculator="reality", md=md,
+        job = MDJob(name=f"heldout_{cell_name}_T300", calculator="reality", md=md, state=StatePoint("T300", 300.0),
                     equilibration_steps=300, frames=frames, stride=25, seed=3000 + k,
                     meta={"cell": cell_name})
         jobs.append((job, make_cell(unit, cell_name)))

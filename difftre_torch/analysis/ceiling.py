@@ -2,10 +2,11 @@
 
 The refined model is U_base + ΔU with ΔU linear in its pair coefficients c, so its forces are
 F_base + J c (:func:`difftre_torch.potentials.correction.force_jacobian`). Fitting c by least
-squares straight to reality's forces, min_c Σ |F_base + J c − F_reality|², gives the lowest
-force RMSE vs reality that any such correction reaches on those frames. DiffTRe never sees these
+squares straight to a reference's forces (for example DFT + dispersion, or "reality" in a test
+world), min_c Σ |F_base + J c − F_ref|², gives the lowest force RMSE vs that reference that any
+such correction reaches on those frames. DiffTRe never sees these
 labels: it learns c from the experiment. So the fit is a ceiling to compare the refined model
-against, not a model. It is fitted on the even frames of every held-out cell together and
+against, not a model. It is fitted on the even frames of every frame set together and
 reported on the odd ones (frames are in time order, so the two halves interleave).
 
 The same coefficients also give each frame's energy (ΔU = e · c + constants,
@@ -25,10 +26,13 @@ from difftre_torch.evaluation import frame_labels, predict
 from difftre_torch.potentials.correction import PairCorrection, energy_gradient, force_jacobian
 
 
-def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list]) -> dict:
-    """{"fit_frames", "coefficients_eV", cell: {"frames", "base_forces_rmse_meV_per_A",
-    "ceiling_forces_rmse_meV_per_A", "d3_forces_rms_meV_per_A", "base_energy_rmse_debiased_meV_per_atom",
-    "ceiling_energy_rmse_debiased_meV_per_atom"}} on the odd frames of each cell."""
+def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list], reference: str = "label",
+                 relative_to: str | None = None) -> dict:
+    """{"fit_frames", "coefficients_eV", set: {"frames", "base_forces_rmse_meV_per_A",
+    "ceiling_forces_rmse_meV_per_A", "relative_forces_rms_meV_per_A" (RMS of reference − relative_to
+    forces, when ``relative_to`` is given), "base_energy_rmse_debiased_meV_per_atom",
+    "ceiling_energy_rmse_debiased_meV_per_atom"}} on the odd frames of each set. ``reference`` and
+    ``relative_to``: label sources of :func:`difftre_torch.evaluation.frame_labels`."""
     probe = PairCorrection(correction.spec, dtype=torch.float64)
     rows: dict[str, list] = {}
     for cell, frames in heldout.items():
@@ -37,10 +41,11 @@ def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list]) -> 
             x, h, z = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.numbers)
             J = force_jacobian(probe, x, h, z).numpy()
             e = energy_gradient(probe, x, h, z).numpy() / len(atoms)
-            labels = frame_labels(atoms)
+            labels = frame_labels(atoms, reference)
             reality = labels.forces.reshape(-1)
-            teacher = frame_labels(atoms, "teacher").forces.reshape(-1)
-            rows.setdefault(cell, []).append((index % 2 == 0, J, reality - pred.forces.reshape(-1), reality - teacher,
+            other = None if relative_to is None else frame_labels(atoms, relative_to).forces.reshape(-1)
+            rows.setdefault(cell, []).append((index % 2 == 0, J, reality - pred.forces.reshape(-1),
+                                              None if other is None else reality - other,
                                               e, (labels.energy - pred.energy) / len(atoms)))
     fit = [r for cell_rows in rows.values() for r in cell_rows if r[0]]
     if not fit:
@@ -53,12 +58,13 @@ def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list]) -> 
         held = [r for r in cell_rows if not r[0]] or cell_rows  # a one-frame cell: report on it
         residual_base = np.concatenate([r[2] for r in held])
         residual_best = np.concatenate([r[2] - r[1] @ coefficients for r in held])
-        d3 = np.concatenate([r[3] for r in held])
         energy_base = np.array([r[5] for r in held])  # eV/atom, reality − base
         energy_best = np.array([r[5] - r[4] @ coefficients for r in held])
         rms = lambda v: float(1e3 * np.sqrt(np.mean(v ** 2)))  # noqa: E731
         out[cell] = {"frames": len(held), "base_forces_rmse_meV_per_A": rms(residual_base),
-                     "ceiling_forces_rmse_meV_per_A": rms(residual_best), "d3_forces_rms_meV_per_A": rms(d3),
+                     "ceiling_forces_rmse_meV_per_A": rms(residual_best),
                      "base_energy_rmse_debiased_meV_per_atom": rms(energy_base - energy_base.mean()),
                      "ceiling_energy_rmse_debiased_meV_per_atom": rms(energy_best - energy_best.mean())}
+        if relative_to is not None:
+            out[cell]["relative_forces_rms_meV_per_A"] = rms(np.concatenate([r[3] for r in held]))
     return out

@@ -8,7 +8,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from difftre_torch.potentials import LennardJones, evaluate
 from difftre_torch.potentials.correction import PairCorrection, PairCorrectionSpec
-from recipes.gc3n4.ceiling import pair_ceiling
+from difftre_torch.analysis.ceiling import pair_ceiling
 
 SPEC = PairCorrectionSpec(species=[6, 7], cutoff_A=4.5, centers_A=[2.0, 3.0, 4.0], width_A=0.7)
 
@@ -37,14 +37,14 @@ def test_ceiling_recovers_a_correction_of_its_own_form():
         truth.coefficients.copy_(torch.tensor([[-0.02, 0.01, -0.005], [0.015, -0.01, 0.002], [0.0, -0.02, 0.01]],
                                               dtype=torch.float64))
     heldout = {"small": _frames(base, truth, seed=1), "other": _frames(base, truth, seed=2)}
-    out = pair_ceiling(base, PairCorrection(SPEC, dtype=torch.float64), heldout)
+    out = pair_ceiling(base, PairCorrection(SPEC, dtype=torch.float64), heldout, relative_to="teacher")
     assert out["fit_frames"] == 6
     assert np.allclose(out["coefficients_eV"], truth.coefficients.detach().numpy().ravel(), atol=1e-8)
     for cell in heldout:
         assert out[cell]["frames"] == 3
         assert out[cell]["ceiling_forces_rmse_meV_per_A"] == pytest.approx(0.0, abs=1e-6)
         # the base misses exactly the correction's forces, which are the reality − teacher difference
-        assert out[cell]["base_forces_rmse_meV_per_A"] == pytest.approx(out[cell]["d3_forces_rms_meV_per_A"])
+        assert out[cell]["base_forces_rmse_meV_per_A"] == pytest.approx(out[cell]["relative_forces_rms_meV_per_A"])
         assert out[cell]["base_forces_rmse_meV_per_A"] > 1.0
         # the fitted coefficients carry the energies too: only a constant (removed) is left
         assert out[cell]["ceiling_energy_rmse_debiased_meV_per_atom"] == pytest.approx(0.0, abs=1e-6)

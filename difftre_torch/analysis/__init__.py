@@ -1,0 +1,1 @@
+"""Analyses of a model beyond the loss: binding curves, the pair-correction ceiling."""

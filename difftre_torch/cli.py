@@ -1,0 +1,221 @@
+"""``difftre``: the command line (``python -m difftre_torch`` does the same).
+
+Subcommands::
+
+    difftre refine CONFIG [--resume] [--fresh] [--out DIR] [--set KEY=VALUE ...]
+    difftre check CONFIG [--set KEY=VALUE ...]
+    difftre compare CONFIG [--model FILE] [--frames FILE ...] [--set ...]
+    difftre evaluate CONFIG [--model FILE ...] [--set ...]
+    difftre report OUT
+
+Every failure the user can fix prints one line naming the file, the field and what was expected
+(exit code 2); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+EXAMPLES = {
+    "refine": "difftre refine lj_argon --set trainer.updates=4 --out outputs/try   (a shipped example)\n"
+              "  difftre refine recipes/gc3n4/quick.yaml",
+    "check": "difftre check recipes/gc3n4/quick.yaml",
+    "compare": "difftre compare recipes/gc3n4/quick.yaml --model outputs/gc3n4_quick/refine/lambda_1000/"
+               "refined_potential.correction.pt",
+    "evaluate": "difftre evaluate recipes/gc3n4/quick.yaml --model data/world/base_model/base.ckpt",
+    "report": "difftre report outputs/gc3n4_quick",
+}
+
+
+def _version() -> str:
+    from difftre_torch import __version__
+
+    return __version__
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("config", help="job config (YAML or TOML; see docs/config.md), or the name of a shipped "
+                                      "example: " + ", ".join(shipped_examples()))
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set trainer.updates=4 (repeatable; values are YAML)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="difftre", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Refine a machine-learned interatomic potential against experiment (DiffTRe).",
+        epilog="examples:\n" + "\n".join(f"  {v}" for v in EXAMPLES.values()))
+    top.add_argument("--version", action="version", version=f"difftre_torch {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("refine", "the whole job: structure vs experiment, refinement (every λ), refined structure, "
+                      "evaluation on labelled frames, report")
+    _common(p)
+    p.add_argument("--out", default=None, help="output folder (default: output.dir of the config)")
+    p.add_argument("--resume", action="store_true", help="accepted for habit: a run always continues "
+                                                          "from what its output folder holds")
+    p.add_argument("--fresh", action="store_true", help="delete the output folder's earlier results first")
+    p.add_argument("--redo", nargs="*", default=(), help="steps to run again (structure_base, refine, "
+                                                         "structure_refined, evaluate)")
+    p.add_argument("--lambda", dest="lam", type=float, default=None, metavar="LAM",
+                   help="only the model refined with this force-matching weight, then stop")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between looks when another process holds "
+                                                            "the next item")
+
+    p = add("check", "validate a config and its files and print what would run, without sampling")
+    _common(p)
+
+    p = add("compare", "a model's ensemble (or frames you already have) against the experiment: R_w, "
+                       "χ²/bin, lattice, overlay figure")
+    _common(p)
+    p.add_argument("--model", default=None, help="model file (default: the config's potential)")
+    p.add_argument("--frames", nargs="*", default=None, help="trajectory files (ase.io) to compare instead of "
+                                                             "sampling; their frames in time order")
+    p.add_argument("--state-point", default=None, help="the state point the frames belong to (default: the first)")
+    p.add_argument("--out", default=None, help="output folder (default: <output.dir>/compare)")
+
+    p = add("evaluate", "models against the config's labelled frame sets: errors with bootstrap intervals, "
+                        "paired differences")
+    _common(p)
+    p.add_argument("--model", nargs="*", default=None, help="model files (default: the config's potential)")
+    p.add_argument("--out", default=None, help="output folder (default: <output.dir>/evaluate)")
+
+    p = add("report", "re-render REPORT.md, figures and summary.json from a finished output folder")
+    p.add_argument("out", help="the output folder of `difftre refine`")
+    _common(p, config=False)
+    return top
+
+
+def shipped_examples() -> dict[str, Path]:
+    """Jobs that ship inside the package (``difftre refine lj_argon``): name → config file."""
+    root = Path(__file__).resolve().parent / "data"
+    return {p.parent.name: p for p in sorted(root.glob("*/*.yaml")) if p.stem == p.parent.name}
+
+
+def config_path(name: str) -> Path:
+    """``name`` as a file, or the config of the shipped example of that name."""
+    path = Path(name)
+    if not path.exists() and name in shipped_examples():
+        return shipped_examples()[name]
+    return path
+
+
+def _job(args):
+    from difftre_torch.config import load_job
+
+    return load_job(config_path(args.config), args.overrides)
+
+
+def cmd_check(args) -> int:
+    from difftre_torch.workflow.build import check_job
+
+    job = _job(args)
+    t0 = time.perf_counter()
+    for line in check_job(job):
+        print(line)
+    print(f"difftre check: {job.source} is valid ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_refine(args) -> int:
+    from difftre_torch.workflow.build import check_job
+    from difftre_torch.workflow.pipeline import Pipeline
+
+    job = _job(args)
+    if args.out:  # the plan printed below names the folder written to
+        job.output = replace(job.output, dir=str(args.out))
+    for line in check_job(job, load_models=False):
+        print(line, flush=True)
+    out = job.out_dir
+    pipeline = Pipeline(job, out, tuple(args.redo), log=lambda s: print(s, flush=True), fresh=args.fresh,
+                        poll_s=args.poll)
+    if args.lam is not None:
+        pipeline.run_model(args.lam)
+    else:
+        pipeline.run()
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from difftre_torch.workflow.tools import compare
+
+    job = _job(args)
+    out = Path(args.out) if args.out else job.out_dir / "compare"
+    result = compare(job, out, model=args.model, frames=args.frames, state_point=args.state_point)
+    print(result["table"])
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from difftre_torch.workflow.tools import evaluate
+
+    job = _job(args)
+    out = Path(args.out) if args.out else job.out_dir / "evaluate"
+    result = evaluate(job, out, models=args.model)
+    print(result["table"])
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from difftre_torch.config import ConfigError, parse_job
+    from difftre_torch.workflow.report import write_report
+
+    out = Path(args.out)
+    path = out / "steps" / "results.json"
+    if not path.exists():
+        raise ConfigError(f"{out}: no finished job here ({path} does not exist); run `difftre refine` first")
+    results = json.loads(path.read_text())
+    saved = results["job"]
+    job = parse_job(saved["raw"], saved["base_dir"], saved["source"])
+    report = write_report(results, out / "report", job)
+    print(report["headline"])
+    print(f"wrote {report['report']}")
+    return 0
+
+
+COMMANDS = {"refine": cmd_refine, "check": cmd_check, "compare": cmd_compare, "evaluate": cmd_evaluate,
+            "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.debug:
+        return COMMANDS[args.command](args)
+    from difftre_torch.checkpoint import LockHeld
+    from difftre_torch.config import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, FileExistsError, LockHeld) as exc:
+        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"difftre {args.command}: error: {one_line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"difftre {args.command}: interrupted; the same command continues from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

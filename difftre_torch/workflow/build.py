@@ -1,0 +1,400 @@
+"""Objects from a job config: the system, the potential, the targets, the samplers, the frames.
+
+Everything here reads files named by a :class:`~difftre_torch.config.JobConfig` and raises a
+:class:`~difftre_torch.config.ConfigError` naming the config file and the field when a file is
+missing or its content is not what the field expects. :func:`check_job` runs all of it without
+sampling (``difftre check``).
+
+Conventions: cell vectors are rows (ASE); targets keep their file's function (g(r), G(r) =
+4πρr(g − 1) in Å⁻², S(Q), F(Q)); lattice targets give unit-cell lengths (the cell's divided by
+the observable's ``repeats``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from difftre_torch.config import ConfigError, JobConfig
+from difftre_torch.config.schema import StatePointEntry, TargetEntry
+from difftre_torch.experiment.target import Target
+
+CELL_ONLY = ("lattice_length", "interlayer_spacing", "density")
+"""Observables of the cell alone: meaningless at a fixed (NVT) cell, so not compared there."""
+
+
+def _file(job: JobConfig, value: str, field: str) -> Path:
+    path = job.resolve(value)
+    if not path.exists():
+        raise ConfigError(f"{job.source}: {field}: {path} does not exist")
+    return path
+
+
+# ----------------------------------------------------------------------------- system, potential
+
+
+def build_system(job: JobConfig) -> Atoms:
+    """``system.structure`` (frame ``system.index``) × ``system.repeat``, periodic, no calculator."""
+    from ase.io import read
+
+    path = _file(job, job.system.structure, "system.structure")
+    try:
+        atoms = read(path, index=job.system.index)
+    except Exception as exc:  # ase.io raises many kinds
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ConfigError(f"{job.source}: system.structure: {path} frame {job.system.index} could not be read by "
+                          f"ase.io ({reason})") from None
+    if not isinstance(atoms, Atoms):
+        raise ConfigError(f"{job.source}: system.structure: {path} frame {job.system.index} is not one structure")
+    if not atoms.pbc.all() or atoms.cell.rank < 3:  # before the repeat, which needs the cell
+        raise ConfigError(f"{job.source}: system.structure: {path} must be periodic in 3D with a full cell")
+    if tuple(job.system.repeat) != (1, 1, 1):
+        atoms = atoms.repeat(tuple(job.system.repeat))
+    atoms.calc = None
+    return atoms
+
+
+def build_base_potential(job: JobConfig, path: Path | None = None) -> torch.nn.Module:
+    """The model of ``potential`` (or a refined model file ``path`` of the same kind)."""
+    from difftre_torch.potentials.registry import POTENTIALS, load_model_file
+
+    kind = POTENTIALS[job.potential.kind]
+    resolve = lambda p: _file(job, p, "potential.path")  # noqa: E731
+    try:
+        if path is not None and job.potential.kind == "nequip":
+            return load_model_file(Path(path), job.potential.options)
+        if path is not None:
+            return _load_state_file(Path(path), lambda: kind.build(job.potential.options, resolve))
+        return kind.build(job.potential.options, resolve)
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"{job.source}: potential: the {job.potential.kind} model could not be loaded: {exc}") from None
+
+
+def _load_state_file(path: Path, fresh) -> torch.nn.Module:
+    """A refined model of a kind without a file format of its own (analytic potentials), as
+    :func:`~difftre_torch.potentials.io.save_potential` wrote it: ``<stem>.pt`` (the module's
+    state_dict, loaded into ``fresh()``) or ``<stem>.correction.pt`` (its base as such a file)."""
+    from difftre_torch.potentials.io import CORRECTION_SUFFIX, load_corrected
+
+    def load(p: Path) -> torch.nn.Module:
+        if not p.exists():
+            raise FileNotFoundError(f"model file {p} does not exist")
+        module = fresh()
+        module.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+        return module
+
+    return load_corrected(path, load) if path.name.endswith(CORRECTION_SUFFIX) else load(path)
+
+
+def build_potential(job: JobConfig, atoms: Atoms) -> torch.nn.Module:
+    """The potential DiffTRe refines: the model, plus the pair correction when ``potential.correction``
+    is given (base frozen unless ``train_base``), with ``potential.trainable`` applied."""
+    from difftre_torch.potentials.registry import add_correction, set_trainable
+
+    potential = build_base_potential(job)
+    if job.potential.correction is not None:
+        try:
+            potential = add_correction(potential, job.potential.correction, atoms)
+        except ValueError as exc:  # PairCorrectionSpec's own checks ("PairCorrectionSpec.centers_A: ...")
+            text = str(exc).removeprefix("PairCorrectionSpec")
+            raise ConfigError(f"{job.source}: potential.correction" + (text if text[:1] in ".:" else f": {text}")) from None
+    try:
+        set_trainable(potential, job.potential.trainable, "potential.trainable")
+    except ValueError as exc:
+        raise ConfigError(f"{job.source}: {exc}") from None
+    if not any(p.requires_grad for p in potential.parameters()):
+        raise ConfigError(f"{job.source}: potential: nothing to refine (no trainable parameter)")
+    return potential
+
+
+def build_sampling_potential(job: JobConfig, potential, atoms: Atoms, out_dir: Path):
+    """A compiled-sampling wrapper for ``potential.sampling_model`` / ``compile_for_sampling``
+    (NequIP only; :mod:`difftre_torch.potentials.compiled`), or None."""
+    options = job.potential.options
+    model = getattr(options, "sampling_model", None)
+    compile_now = getattr(options, "compile_for_sampling", False)
+    if model is None and not compile_now:
+        return None
+    from difftre_torch.potentials.compiled import CompiledSampling, check_frames, compile_nequip
+
+    base = getattr(potential, "base", potential)
+    workdir = Path(out_dir) / "compiled"
+    field = "compile_for_sampling" if compile_now else "sampling_model"
+    try:
+        if compile_now:
+            if base.source.format not in ("checkpoint", "package"):
+                raise ValueError(f"nequip-compile takes a .ckpt or .nequip.zip, potential.path is a "
+                                 f"{base.source.format} file")
+            model = compile_nequip(base.source.path, workdir / "sampling_0.nequip.pt2",
+                                   device=next(base.parameters()).device)
+        else:
+            model = _file(job, model, "potential.sampling_model")
+        return CompiledSampling(potential, model, check_frames(atoms), recompile=options.recompile, workdir=workdir)
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{job.source}: potential.{field}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _json_target(job: JobConfig, entry: TargetEntry, path: Path, where: str) -> Target:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}.file: {path} is not valid JSON ({exc})") from None
+    if entry.value_key is None:
+        raise ConfigError(f"{where}.value_key: a JSON file needs the key of the value")
+    values = []
+    for key_field in ("value_key", "sigma_key"):
+        key = getattr(entry, key_field)
+        if key is None:
+            values.append(None)
+            continue
+        if key not in data:
+            raise ConfigError(f"{where}.{key_field}: {path} has no key {key!r}; it has {sorted(data)[:20]}")
+        if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
+            raise ConfigError(f"{where}.{key_field}: {path}: {key!r} is {data[key]!r}, expected a number")
+        values.append(float(data[key]))
+    n = len(str(entry.options.get("axes", "abc"))) if entry.observable == "lattice_length" else 1
+    value, sigma = values
+    return Target(entry.name, entry.observable, [value] * n, sigma=None if sigma is None or not entry.use_sigma
+                  else [sigma] * n, weight=entry.weight, state_point=entry.state_point, options=dict(entry.options))
+
+
+def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
+    """One :class:`Target` from a config entry: file or inline values, cropped to ``x_range``,
+    σ floored in quadrature, options checked by the observable's options dataclass."""
+    from difftre_torch.experiment.readers import read_experiment
+    from difftre_torch.observables.options import OptionsError
+
+    try:
+        if entry.file is not None:
+            path = job.resolve(entry.file)
+            if not path.exists():
+                raise ConfigError(f"{where}.file: {path} does not exist")
+            if path.suffix == ".json":
+                return _json_target(job, entry, path, where)
+            data = read_experiment(path, function=entry.function)
+            if entry.x_range is not None:  # crop first: points outside the range never reach the options check
+                lo, hi = entry.x_range
+                inside = (data.x >= lo) & (data.x <= hi)
+                if int(inside.sum()) < 2:
+                    raise ConfigError(f"{where}.x_range: {entry.x_range} keeps {int(inside.sum())} point(s) of the "
+                                      f"grid [{float(data.x[0]):g}, {float(data.x[-1]):g}] of {path}; expected a "
+                                      "range inside it")
+                data = replace(data, x=data.x[inside], values=data.values[inside],
+                               sigma=None if data.sigma is None else data.sigma[inside])
+            target = data.to_target(entry.name, weight=entry.weight, state_point=entry.state_point, **entry.options)
+            if target.observable != entry.observable:
+                raise ConfigError(f"{where}.observable: {entry.observable!r}, but {path} holds {target.observable!r} "
+                                  f"(its function); set observable: {target.observable} or give the file that "
+                                  f"holds {entry.observable!r}")
+        else:
+            target = Target(entry.name, entry.observable, entry.values, x=entry.x, sigma=entry.sigma,
+                            weight=entry.weight, state_point=entry.state_point, options=dict(entry.options))
+        sigma = target.sigma
+        if sigma is not None and entry.use_sigma and (entry.sigma_floor > 0 or entry.file is not None):
+            sigma = torch.sqrt(sigma**2 + entry.sigma_floor**2)
+        if not entry.use_sigma:
+            sigma = None
+        keep = torch.ones_like(target.values, dtype=torch.bool)
+        if entry.x_range is not None:
+            if target.x is None:
+                raise ConfigError(f"{where}.x_range: {entry.observable!r} is a scalar target, it has no grid")
+            lo, hi = entry.x_range
+            keep = (target.x >= lo) & (target.x <= hi)
+            if int(keep.sum()) < 2:
+                raise ConfigError(f"{where}.x_range: {entry.x_range} keeps {int(keep.sum())} point(s) of the grid "
+                                  f"[{float(target.x[0]):g}, {float(target.x[-1]):g}]; expected a range inside it")
+        return Target(target.name, target.observable, target.values[keep],
+                      None if target.x is None else target.x[keep], None if sigma is None else sigma[keep],
+                      target.weight, target.state_point, dict(target.options))
+    except ConfigError:
+        raise
+    except OptionsError as exc:  # the observable's options (config or file header) do not fit it
+        raise ConfigError(f"{where}.options: {exc.message}") from None
+    except (ValueError, KeyError, OSError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_targets(job: JobConfig, entries: list[TargetEntry], section: str = "targets") -> list[Target]:
+    return [build_target(job, e, f"{job.source}: {section}[{k}] ({e.name})") for k, e in enumerate(entries)]
+
+
+def comparable(targets: list[Target], point: StatePointEntry) -> list[Target]:
+    """The targets a sample at ``point`` can be compared with: those of this state point (or of
+    none), structural (θ-dependent ones such as pressure need the model's stress: the
+    refinement's log reports them), and at a fixed (NVT) cell not of the cell alone."""
+    from difftre_torch.observables.registry import OBSERVABLES
+
+    mine = [t for t in targets if t.state_point in (None, point.name)
+            and not OBSERVABLES[t.observable].depends_on_theta]
+    if point.pressure_GPa is None:
+        mine = [t for t in mine if t.observable not in CELL_ONLY]
+    return mine
+
+
+def compare_entries(job: JobConfig) -> list[TargetEntry]:
+    return job.compare.targets if job.compare.targets is not None else job.targets
+
+
+# ----------------------------------------------------------------------------- cells, samplers
+
+
+def cell_at_targets(atoms: Atoms, targets: list[Target], where: str) -> Atoms:
+    """``atoms`` with its cell scaled (atoms with it) so the lattice targets hold at their
+    experimental values: lattice_length targets set their axes (value × repeats), an
+    interlayer_spacing target sets |a₃| = layers_per_cell · d (it wins over a c length)."""
+    out = atoms.copy()
+    lengths = out.cell.lengths()
+    wanted: dict[int, float] = {}
+    for t in targets:
+        if t.observable == "lattice_length":
+            axes, repeats = t.settings.axes, t.settings.repeats
+            for k, axis in enumerate(axes):
+                i = "abc".index(axis)
+                if not (i == 2 and any(s.observable == "interlayer_spacing" for s in targets)):
+                    wanted[i] = float(t.values[k]) * repeats[i]
+    for t in targets:
+        if t.observable == "interlayer_spacing":
+            wanted[2] = int(t.settings.layers_per_cell) * float(t.values[0])
+    if not wanted:
+        raise ConfigError(f"{where}: 'cell: targets' needs lattice_length or interlayer_spacing targets")
+    scale = np.array([wanted.get(i, lengths[i]) / lengths[i] for i in range(3)])
+    out.set_cell(out.cell.array * scale[:, None], scale_atoms=True)
+    return out
+
+
+def sampler_class(job: JobConfig):
+    from difftre_torch.config import SAMPLERS
+
+    return SAMPLERS[job.sampler_kind]()
+
+
+def make_sampler(job: JobConfig, atoms: Atoms, points: list[StatePointEntry], seed_offset: int = 0):
+    """A sampler of ``sampler.kind`` for ``points`` from ``atoms``, seed ``sampler.seed + seed_offset``."""
+    config = replace(job.sampler, seed=job.sampler.seed + seed_offset)
+    return sampler_class(job)(atoms, [p.state_point() for p in points], config)
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def read_all_frames(path: Path) -> list[Atoms]:
+    """``ase.io.read(path, index=":")``; a compressed (x)yz file is decompressed in memory first:
+    ase seeks inside the compressed stream once per frame, which grows with the square of the
+    frames (1631 frames of a 3 MB .extxyz.gz: 160 s, against 3 s decompressed)."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+
+    from ase.io import read
+    from ase.io.formats import filetype
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    if path.suffix in openers:
+        fmt = filetype(str(path), read=False)
+        if fmt in ("extxyz", "xyz"):
+            with openers[path.suffix](path, "rt", encoding="utf-8") as f:
+                return read(io.StringIO(f.read()), index=":", format=fmt)
+    return read(path, index=":")
+
+
+def read_frames(job: JobConfig, value: str, field: str) -> list[Atoms]:
+    """Every frame of a labelled file (each frame's ``info['source_file']`` names file and frame)."""
+    path = _file(job, value, field)
+    try:
+        frames = read_all_frames(path)
+    except Exception as exc:
+        raise ConfigError(f"{job.source}: {field}: {path} could not be read by ase.io ({exc})") from None
+    if not frames:
+        raise ConfigError(f"{job.source}: {field}: {path} holds no frames")
+    for k, atoms in enumerate(frames):
+        atoms.info["source_file"] = f"{path} frame {k}"
+    return frames
+
+
+def check_labels(job: JobConfig, frames: list[Atoms], references: dict[str, str], field: str) -> None:
+    """Every frame has each reference's energy and forces (a clear error naming file and frame)."""
+    from difftre_torch.evaluation import frame_labels
+
+    for atoms in frames:
+        for name, source in references.items():
+            try:
+                labels = frame_labels(atoms, source)
+            except KeyError as exc:
+                raise ConfigError(f"{job.source}: {field}.references.{name}: {exc.args[0]}") from None
+            if labels.forces.shape != (len(atoms), 3) or not np.isfinite(labels.forces).all():
+                raise ConfigError(f"{job.source}: {field}.references.{name}: {atoms.info['source_file']}: forces "
+                                  f"must be finite, shape ({len(atoms)}, 3)")
+
+
+def reference_frames(job: JobConfig):
+    """The force-matching frames (:class:`~difftre_torch.force_matching.ReferenceFrames`)."""
+    from difftre_torch.force_matching import ReferenceFrames
+
+    path = job.resolve(job.force_matching.file)
+    frames = read_frames(job, job.force_matching.file, "force_matching.file")
+    try:
+        return ReferenceFrames.from_atoms(frames, source=str(path))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"{job.source}: force_matching.file: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def check_job(job: JobConfig, load_models: bool = True) -> list[str]:
+    """Read every file the job names and build every object short of sampling; returns lines
+    saying what would run. Raises :class:`ConfigError` (file and field) at the first problem."""
+    lines = [f"job {job.source}"]
+    atoms = build_system(job)
+    lines.append(f"  system: {len(atoms)} atoms ({atoms.get_chemical_formula()}), cell "
+                 + " × ".join(f"{x:.3f}" for x in atoms.cell.lengths()) + " Å")
+    fit = build_targets(job, job.targets)
+    report = build_targets(job, compare_entries(job), "compare.targets" if job.compare.targets is not None else "targets")
+    for k, point in enumerate(job.state_points):
+        if point.cell == "targets":
+            cell_at_targets(atoms, fit + report, f"{job.source}: state_points[{k}] ({point.name}).cell")
+    lines.append(f"  targets: {', '.join(f'{t.name} ({t.observable}, {t.values.shape[0]} values)' for t in fit)}")
+    if load_models:
+        potential = build_potential(job, atoms)
+        n = sum(p.numel() for p in potential.parameters() if p.requires_grad)
+        lines.append(f"  potential: {job.potential.kind}"
+                     + (" + pair correction" if job.potential.correction is not None else "")
+                     + f", {n} trainable parameters")
+    else:
+        options = job.potential.options
+        if getattr(options, "path", None):
+            _file(job, options.path, "potential.path")
+    if job.force_matching is not None:
+        frames = reference_frames(job)  # every frame labelled (energy and forces), periodic
+        lines.append(f"  force matching: {len(frames)} labelled frames")
+    for s in job.evaluation.sets:
+        frames = read_frames(job, s.file, f"evaluation.sets ({s.name}).file")
+        check_labels(job, frames, s.references, f"evaluation.sets ({s.name})")
+        lines.append(f"  evaluation set {s.name}: {len(frames)} frames of {len(frames[0])} atoms, "
+                     f"references {', '.join(s.references)}")
+    if job.evaluation.binding is not None:
+        _file(job, job.evaluation.binding.structure, "evaluation.binding.structure")
+        if job.evaluation.binding.references:
+            _file(job, job.evaluation.binding.references, "evaluation.binding.references")
+    points = ", ".join(f"{p.name} ({p.temperature_K:g} K, " + ("NVT" if p.pressure_GPa is None else
+                       f"{p.pressure_GPa:g} GPa") + f", {p.replicas} replicas)" for p in job.state_points)
+    lines.append(f"  state points: {points}; sampler {job.sampler_kind}, "
+                 f"{job.sampler.snapshots_per_replica} snapshots per replica")
+    if job.trainer.updates > 0:
+        lines.append(f"  refinement: {job.trainer.updates} updates for λ = "
+                     + ", ".join(f"{x:g}" for x in job.lambdas))
+    lines.append(f"  output: {job.out_dir}")
+    return lines
