@@ -223,7 +223,9 @@ def _target_blocks() -> list[Block]:
 
     out = [Block(2, "targets", "A list; each entry is " + first_paragraph(own_docstring(TargetEntry), lower=True),
                  TargetEntry)]
-    for name, spec in OBSERVABLES.items():
+    # the library's own observables: one a user (or a test) registers at run time is not part of it
+    builtin = {n: s for n, s in OBSERVABLES.items() if s.fn.__module__.startswith("difftre_torch.")}
+    for name, spec in builtin.items():
         options = getattr(spec, "options", None)
         text = first_paragraph(own_docstring(spec.fn))
         if spec.depends_on_theta:

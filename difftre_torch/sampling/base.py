@@ -163,8 +163,11 @@ class Sampler(Protocol):
 
 def progress_bar(config: SamplerConfig, total: int, description: str):
     """A tqdm bar of ``total`` MD steps on stderr (inner bar: it disappears when done); a
-    disabled one when ``config.progress`` is false. At most one refresh every 2 s."""
+    disabled one when ``config.progress`` is false. At most one refresh every 2 s on a terminal,
+    every 60 s into a log file."""
+    import sys
+
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="step", leave=False, disable=not config.progress,
-                mininterval=2.0, dynamic_ncols=True)
+                mininterval=2.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)

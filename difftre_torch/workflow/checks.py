@@ -24,10 +24,6 @@ import numpy as np
 from difftre_torch.config.parse import ConfigError, suggest
 from difftre_torch.config.schema import CheckEntry
 
-METRICS = ("energy_rmse_meV_per_atom", "energy_rmse_debiased_meV_per_atom", "energy_bias_meV_per_atom",
-           "forces_rmse_meV_per_A", "forces_inplane_rmse_meV_per_A", "forces_outofplane_rmse_meV_per_A",
-           "stress_rmse_GPa")
-
 
 def validate_check(check: CheckEntry, where: str, targets: list[str], points: list[str],
                    references: list[str], sets: list[str]) -> None:
@@ -53,13 +49,10 @@ def validate_check(check: CheckEntry, where: str, targets: list[str], points: li
                           f"expected one of {list(_metrics())}")
 
 
-def _metrics():
-    try:
-        from difftre_torch.evaluation import METRICS as known
+def _metrics() -> tuple[str, ...]:
+    from difftre_torch.evaluation import METRICS
 
-        return tuple(known)
-    except ImportError:
-        return METRICS
+    return tuple(METRICS)
 
 
 def _comparison(structure: dict, model: str, check: CheckEntry) -> dict:
