@@ -119,7 +119,7 @@ def test_heldout_export_round_trip(world):
     summary = json.loads((world["data"] / "heldout" / "heldout.json").read_text())
     entry = summary["cells"]["train56"]
     assert entry["frames"] == 2 and entry["atoms"] == 56 and entry["jobs"][0]["seed"] == 3000
-    # D3 forces on 56 atoms near 300 K: issue 4 measured 28-37 meV/Å RMS
+    # D3 forces on 56 atoms near 300 K: first measured 28-37 meV/Å RMS
     assert 10.0 < entry["d3_force_rms_meV_per_A"] < 80.0
 
 

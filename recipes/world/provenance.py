@@ -20,7 +20,7 @@ writes beside its output:
 A file no record claims is listed with command ``NO RECORD`` (tests/test_world_shipped.py then
 fails). A producer whose record is absent is listed as ``pending: <what produces it>``.
 
-The section "Measured for this project, re-measured" sets the numbers quoted in issue 4 beside
+The section "Measured for this project, re-measured" sets the numbers first quoted for this world beside
 the values these records (and the held-out files) give now; a value whose source does not exist
 yet is written as ``pending: <what produces it>``, never estimated. Package versions and the
 machine are those of the process that writes the provenance (the producers ran on it unless
@@ -254,7 +254,7 @@ def _with_error(entry: dict, key: str, digits: int = 3) -> str:
 
 
 def measured(data: Path) -> list[tuple[str, str, str, str]]:
-    """Rows (quantity, issue 4's number, re-measured value or ``pending: ...``, source)."""
+    """Rows (quantity, the first quoted number, re-measured value or ``pending: ...``, source)."""
     rows = []
     relax = _load(data / "structures/relax.json")
     pend_relax = "pending: python -m recipes.world.relax"
@@ -437,7 +437,7 @@ def markdown(prov: dict) -> str:
             lines.append(f"- **{s['name']}** (`{s['record']}`): {s['files']} file(s), "
                          f"`{s['command']}`" + (f"; {notes}" if notes else ""))
     lines += ["", "## Measured for this project, re-measured", "",
-              "| quantity | issue 4 | re-measured | source |", "|---|---|---|---|"]
+              "| quantity | first quoted | re-measured | source |", "|---|---|---|---|"]
     for row in prov["measured"]:
         lines.append("| " + " | ".join(_cell(row[k]) for k in ("quantity", "issue_4", "value", "source"))
                      + " |")
