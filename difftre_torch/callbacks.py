@@ -38,7 +38,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from difftre_torch.monitor import log_line, target_figure
+from difftre_torch.checkpoint import atomic_write_text
+from difftre_torch.monitor import log_line, logged_update, target_figure
 
 if TYPE_CHECKING:
     from difftre_torch.records import RunSummary, UpdateRecord
@@ -132,15 +133,38 @@ class FigureCallback(Callback):
 
 class LogFileCallback(Callback):
     """One plain-text line per update (:func:`~difftre_torch.monitor.log_line`) appended to
-    ``path`` (default ``<out_dir>/train.log``)."""
+    ``path`` (default ``<out_dir>/train.log``).
+
+    When a fit starts, the log keeps only the lines of the updates done (``trainer.update``, the
+    checkpoint's on resume): a run killed after logging an update but before checkpointing it
+    logs that update again when resumed, and the file has it once (:func:`truncate_log`).
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = path
 
+    def _path(self, trainer: DiffTReTrainer) -> Path:
+        return Path(self.path) if self.path is not None else trainer.out_dir / "train.log"
+
+    def on_fit_start(self, trainer: DiffTReTrainer) -> None:
+        truncate_log(self._path(trainer), trainer.update)
+
     def on_update_end(self, trainer: DiffTReTrainer, record: UpdateRecord) -> None:
-        path = Path(self.path) if self.path is not None else trainer.out_dir / "train.log"
-        with open(path, "a", encoding="utf-8") as handle:
+        with open(self._path(trainer), "a", encoding="utf-8") as handle:
             handle.write(log_line(record) + "\n")
+
+
+def truncate_log(path: Path, updates: int) -> None:
+    """Drop from the log file ``path`` the lines of updates after number ``updates``
+    (:func:`~difftre_torch.monitor.logged_update`) and an unfinished last line (a process killed
+    while writing it); other lines stay. Rewritten atomically, and only if a line goes."""
+    try:
+        *lines, unfinished = path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if (logged_update(line) or 0) <= updates]
+    if len(kept) < len(lines) or unfinished:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class ProgressCallback(Callback):

@@ -9,7 +9,10 @@ Subcommands::
     difftre report OUT
 
 Every failure the user can fix prints one line naming the file, the field and what was expected
-(exit code 2); ``--debug`` shows the traceback instead.
+(exit code 2); MD that keeps blowing up stops with one line naming the state point, replica,
+step and reason (exit code 3); anything else is one line too (exit code 1). ``--debug`` shows
+the traceback instead. At start the command chooses torch's CPU thread count for the job's work
+size and the free cores, and prints it (:mod:`difftre_torch.threads`; ``--threads`` overrides).
 """
 
 from __future__ import annotations
@@ -44,8 +47,16 @@ def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
                                       "example: " + ", ".join(shipped_examples()))
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set trainer.updates=4 (repeatable; values are YAML)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: chosen from the work size and the free cores, "
+                        "printed at start; also $DIFFTRE_THREADS)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,9 +124,32 @@ def config_path(name: str) -> Path:
 
 
 def _job(args):
+    """The config, loaded and checked; torch's thread count set for its work (printed)."""
+    from difftre_torch import threads
     from difftre_torch.config import load_job
 
-    return load_job(config_path(args.config), args.overrides)
+    job = load_job(config_path(args.config), args.overrides)
+    choice = threads.choose_threads(_atoms_per_step(job), args.threads)
+    threads.apply(choice)
+    print(choice.describe(), flush=True)
+    return job
+
+
+def _atoms_per_step(job) -> int | None:
+    """Atoms one MD step evaluates: the structure's atoms × the replicas sampled in one batch
+    (the batched sampler: the refined state points together, or one compared state point), or
+    the structure's atoms (one replica at a time); None when the structure cannot be read (the
+    job's own checks report that)."""
+    from difftre_torch.workflow.build import build_system
+
+    try:
+        n_atoms = len(build_system(job))
+    except Exception:  # noqa: BLE001 - reported by check_job with the file and field
+        return None
+    if job.sampler_kind != "batched":
+        return n_atoms
+    together = sum(p.replicas for p in job.state_points if p.refine)
+    return n_atoms * max([together] + [p.replicas for p in job.state_points])
 
 
 def cmd_check(args) -> int:
@@ -191,30 +225,52 @@ COMMANDS = {"refine": cmd_refine, "check": cmd_check, "compare": cmd_compare, "e
             "report": cmd_report}
 
 
+def _warnings_as_log_lines() -> None:
+    """Warnings (an MD blow-up rolled back, a fallback taken) as one line each in the run's log
+    on stdout, ``[difftre] warning: <message>``; stderr is kept for the error that stops a run."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        print(f"[difftre] warning: {text}", flush=True)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
+    from difftre_torch.threads import prepare_openmp
+
+    prepare_openmp()  # before torch starts OpenMP: waiting threads sleep instead of spinning
     args = parser().parse_args(argv)
+    _warnings_as_log_lines()
     import matplotlib
 
     matplotlib.use("Agg")
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.debug:
         return COMMANDS[args.command](args)
     from difftre_torch.checkpoint import LockHeld
     from difftre_torch.config import ConfigError
+    from difftre_torch.sampling.blowups import MDBlowUpError
+
+    def say(kind: str, exc: BaseException) -> None:
+        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"difftre {args.command}: {kind}: {one_line}", file=sys.stderr)
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, LockHeld) as exc:
-        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-        print(f"difftre {args.command}: error: {one_line}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, LockHeld, ValueError) as exc:
+        say("error", exc)
         return 2
+    except MDBlowUpError as exc:
+        say("MD failed", exc)
+        return 3
     except KeyboardInterrupt:
         print(f"difftre {args.command}: interrupted; the same command continues from the last checkpoint",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: one line, --debug for more
+        say("internal error", f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

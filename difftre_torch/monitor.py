@@ -7,6 +7,7 @@ Plots use matplotlib's object API with the headless Agg backend and return the f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -81,13 +82,19 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def log_line(record: UpdateRecord) -> str:
-    """One plain-text line per update."""
+    """One plain-text line per update, starting ``update <number>`` (:func:`logged_update`)."""
     loss = record.loss
     terms = " ".join(f"{k}={v:.4g}" for k, v in loss.items() if k != "total")
     n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record.n_eff_ratio.items())
     return (f"update {record.update:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
             f"|g|={record.grad_norm:.3g}  lr={record.lr:.3g}"
             f"{'  resampled' if record.resampled else ''}")
+
+
+def logged_update(line: str) -> int | None:
+    """The update number of a line written by :func:`log_line`; None for any other line."""
+    match = re.match(r"update +(\d+)  ", line)
+    return int(match[1]) if match else None
 
 
 def scalar_parameters(potential: torch.nn.Module, limit: int = 8) -> dict[str, float]:

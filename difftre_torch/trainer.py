@@ -49,6 +49,7 @@ from difftre_torch.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    remove_stale_temp_files,
     run_lock,
 )
 from difftre_torch.experiment.target import Target
@@ -80,7 +81,8 @@ class TrainerConfig:
     state point (estimates close to a fresh sample's), "last" if no update qualifies.
     """
 
-    updates: int = field(default=30, metadata={"doc": "optimiser steps in total"})
+    updates: int = field(default=30, metadata={"doc": "optimiser steps in total (0: no refinement; a job "
+                                                      "then only compares and evaluates the base model)"})
     learning_rate: float = field(default=1e-3, metadata={"doc": "Adam's step size (units of θ)"})
     adam_betas: tuple[float, float] = field(
         default=(0.9, 0.999), metadata={"doc": "Adam's (β1, β2); a small β1 damps the overshoot of momentum "
@@ -122,11 +124,20 @@ class TrainerConfig:
                   ("fm_batch_frames", self.fm_batch_frames >= 1, ">= 1"),
                   ("figure_every", self.figure_every >= 1, ">= 1"),
                   ("select_min_n_eff_ratio", 0.0 < self.select_min_n_eff_ratio <= 1.0, "in (0, 1]"),
-                  ("lr_decay", self.lr_decay > 0, "> 0"), ("lr_min_factor", self.lr_min_factor >= 0, ">= 0"),
-                  ("grad_clip_norm", self.grad_clip_norm is None or self.grad_clip_norm > 0, "> 0 or null"))
+                  ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"),
+                  ("lr_min_factor", 0 <= self.lr_min_factor <= 1, "in [0, 1]"),
+                  ("grad_clip_norm", self.grad_clip_norm is None or self.grad_clip_norm > 0, "> 0 or null"),
+                  ("adam_betas", len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+                   "two numbers in [0, 1)"),
+                  ("fm_energy_weight", self.fm_energy_weight >= 0, ">= 0"),
+                  ("fm_force_weight", self.fm_force_weight >= 0, ">= 0"),
+                  ("seed", self.seed >= 0, ">= 0"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"TrainerConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+        if self.force_matching_weight > 0 and self.fm_energy_weight == 0 and self.fm_force_weight == 0:
+            raise ValueError("fm_energy_weight and fm_force_weight are both 0, so force matching "
+                             f"(force_matching_weight = {self.force_matching_weight:g}) would add nothing")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
@@ -413,8 +424,10 @@ class DiffTReTrainer:
     def fit(self, resume: bool = False) -> RunSummary:
         """Run updates until ``config.updates``; with ``resume`` continue from the checkpoint.
         Returns the summary (also written to ``summary.json``). Holds ``run.lock`` in the output
-        directory meanwhile (:func:`~difftre_torch.checkpoint.run_lock`)."""
+        directory meanwhile (:func:`~difftre_torch.checkpoint.run_lock`), and first removes the
+        temporary files of writes that a killed run left there."""
         with run_lock(self.out_dir):
+            remove_stale_temp_files(self.out_dir, recursive=True)
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> RunSummary:

@@ -39,7 +39,8 @@ def _tiny_job(root: Path, updates: int = 4) -> Path:
                     "min_distance_A": 1.5, "seed": 4},
         "trainer": {"updates": updates, "learning_rate": 0.02, "resample_ratio": 0.97,
                     "progress": False, "tensorboard": False},
-        "targets": [{"name": "rdf", "observable": "rdf", "file": "target.csv", "function": "rdf"},
+        "targets": [{"name": "rdf", "observable": "rdf", "file": "target.csv", "function": "rdf",
+                     "use_sigma": False},
                     {"name": "p", "observable": "pressure", "values": [0.02], "weight": 0.5}],
         "output": {"dir": "out"},
     }

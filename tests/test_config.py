@@ -149,7 +149,21 @@ def _delete(*keys):
 
 
 def _nequip_missing_model(config: dict, folder: Path) -> None:
-    config["potential"] = {"kind": "nequip", "path": "models/base.ckpt", "correction": {"cutoff_A": CUTOFF_A}}
+    config["potential"] = {"kind": "nequip", "path": "models/base.ckpt",
+                           "correction": {"cutoff_A": CUTOFF_A, "centers_A": [3.0, 4.0]}}
+
+
+def _headerless_csv(config: dict, folder: Path) -> None:
+    """G.csv without its header line (which names the function) and no `function` in the config."""
+    lines = (folder / "G.csv").read_text().splitlines()
+    (folder / "G.csv").write_text("\n".join(lines[1:]) + "\n")
+    del config["targets"][0]["function"]
+
+
+def _garbage_model(config: dict, folder: Path) -> None:
+    (folder / "models").mkdir()
+    (folder / "models" / "base.ckpt").write_bytes(bytes(range(256)) * 4)
+    config["potential"] = {"kind": "nequip", "path": "models/base.ckpt"}
 
 
 def _duplicate_target(config: dict, folder: Path) -> None:
@@ -163,6 +177,96 @@ def _unlabelled_set(config: dict, folder: Path) -> None:
 def _no_lattice_targets(config: dict, folder: Path) -> None:
     del config["targets"][1]
     del config["compare"]
+
+
+def _structure(name: str, edit: Callable) -> Callable:
+    """A mutation that writes the unit cell of structure.extxyz changed by ``edit`` to ``name``
+    and names it in system.structure."""
+    def mutate(config: dict, folder: Path) -> None:
+        from ase.io import read
+
+        atoms = edit(read(folder / "structure.extxyz"))
+        if atoms is not None:
+            write(folder / name, atoms, format="extxyz")
+        config["system"]["structure"] = name
+    return mutate
+
+
+def _close_pair(atoms):
+    atoms.positions[4] = atoms.positions[1] + [0.4, 0.0, 0.0]
+    return atoms
+
+
+def _tiny_cell(atoms):  # one atom; a = 0.5 Å, so each atom sits 0.5 Å from its own image
+    from ase import Atoms
+
+    return Atoms("Na", positions=[[0.0, 0.0, 0.0]], cell=[0.5, 6.0, 6.0], pbc=True)
+
+
+def _unknown_element(atoms):
+    atoms.numbers[2] = 0
+    return atoms
+
+
+def _slab(atoms):
+    atoms.pbc = [True, True, False]
+    return atoms
+
+
+def _flat_cell(atoms):
+    cell = atoms.cell.array.copy()
+    cell[2] = cell[0] + cell[1]
+    atoms.set_cell(cell)
+    return atoms
+
+
+def _one_atom(config: dict, folder: Path) -> None:
+    _structure("one.extxyz", lambda atoms: atoms[:1])(config, folder)
+    config["system"]["repeat"] = [1, 1, 1]
+
+
+def _empty_structure(config: dict, folder: Path) -> None:
+    (folder / "empty.extxyz").write_text("")
+    config["system"]["structure"] = "empty.extxyz"
+
+
+def _inline_target(**fields) -> Callable:
+    """targets[0] as inline values (x, values, sigma) with ``fields`` changed."""
+    def mutate(config: dict, folder: Path) -> None:
+        entry = {"name": "G_total", "observable": "G", "x": [1.0, 2.0, 3.0], "values": [0.1, 0.2, 0.1],
+                 "sigma": [0.05, 0.05, 0.05]}
+        entry.update(fields)
+        config["targets"][0] = entry
+    return mutate
+
+
+def _no_refinement_with_scan(config: dict, folder: Path) -> None:
+    config["trainer"]["updates"] = 0
+    config["force_matching"]["scan"] = [0.5]
+    del config["report"]
+
+
+def _nequip(**fields) -> Callable:
+    def mutate(config: dict, folder: Path) -> None:
+        config["potential"] = {"kind": "nequip", "path": "models/base.ckpt", **fields}
+    return mutate
+
+
+def _check(**fields) -> Callable:
+    def mutate(config: dict, folder: Path) -> None:
+        config["report"]["checks"][0].update(fields)
+    return mutate
+
+
+def _gr_of_another_sample(config: dict, folder: Path) -> None:
+    """G.gr rewritten with the header of a silica sample (the structure is NaCl)."""
+    from difftre_torch.experiment.readers import read_experiment
+
+    data = read_experiment(folder / "G.gr")
+    write_gr(folder / "G.gr", data, {"mode": "neutron", "composition": "SiO2"})
+
+
+NAN, INF = float("nan"), float("inf")
 
 
 # (id, mutation, what the one line must name besides the config file, extra command-line args)
@@ -180,7 +284,7 @@ CASES: list[tuple[str, Callable, tuple[str, ...], tuple[str, ...]]] = [
     ("bad option value", _set("targets", 1, "options", "axes", "abd"), ("targets[1]", ".options", "axes"), ()),
     # types: strings are never coerced, booleans are not numbers
     ("string for an integer", _set("trainer", "updates", "4"), ("trainer.updates", "an integer", "without quotes"), ()),
-    ("string for a number", _set("trainer", "learning_rate", "1e-3"), ("trainer.learning_rate", "a number"), ()),
+    ("string for a number", _set("trainer", "learning_rate", "0.001"), ("trainer.learning_rate", "a number"), ()),
     ("string for a boolean", _set("targets", 0, "use_sigma", "false"), ("targets[0].use_sigma", "true or false"), ()),
     ("float for an integer", _set("state_points", 0, "replicas", 2.5), ("state_points[0].replicas", "an integer"), ()),
     ("bool for a number", _set("trainer", "learning_rate", True), ("trainer.learning_rate", "a number", "True"), ()),
@@ -236,8 +340,8 @@ CASES: list[tuple[str, Callable, tuple[str, ...], tuple[str, ...]]] = [
     ("missing target file", _set("targets", 0, "file", "nowhere.csv"), ("targets[0] (G_total).file", "nowhere.csv", "does not exist"), ()),
     ("missing compare target file", _set("compare", "targets", 0, "file", "nowhere.gr"),
      ("compare.targets[0] (G_gr).file", "nowhere.gr"), ()),
-    ("column file without function", _delete("targets", 0, "function"), ("targets[0]", "function"), ()),
-    ("file holds another function", _set("targets", 0, "function", "rdf"), ("targets[0]", "observable", "'rdf'"), ()),
+    ("column file without function", _headerless_csv, ("targets[0]", "function"), ()),
+    ("file holds another function", _set("targets", 0, "function", "rdf"), ("targets[0]", "function", "'rdf'"), ()),
     ("x_range outside the grid", _set("targets", 0, "x_range", [10.0, 20.0]), ("targets[0]", "x_range", "[10.0, 20.0]"), ()),
     ("JSON key missing", _set("targets", 1, "value_key", "b_A"), ("targets[1]", "value_key", "'b_A'"), ()),
     ("JSON value not a number", _set("targets", 1, "sigma_key", "note"), ("targets[1]", "sigma_key", "'note'"), ()),
@@ -251,9 +355,83 @@ CASES: list[tuple[str, Callable, tuple[str, ...], tuple[str, ...]]] = [
     ("missing reference prefix", _set("evaluation", "sets", 0, "references", "dft", "pbe"),
      ("evaluation.sets", "references.dft", "pbe_energy"), ()),
     ("missing nequip model", _nequip_missing_model, ("potential.path", "base.ckpt", "does not exist"), ()),
+    ("model file of garbage", _garbage_model, ("potential.path", "base.ckpt", "could not be loaded as a nequip model"),
+     ()),
     ("cell at targets without lattice targets", _no_lattice_targets, ("state_points[1]", "nvt_exp", "lattice_length"), ()),
     ("missing binding structure", _set("evaluation", "binding", {"structure": "layers.extxyz", "spacings_A": [3.0]}),
      ("evaluation.binding.structure", "layers.extxyz"), ()),
+    # NaN and infinity are no setting's value
+    ("NaN for a number", _set("potential", "sigma_A", NAN), ("potential.sigma_A", "finite", "nan"), ()),
+    ("infinite temperature", _set("state_points", 0, "temperature_K", INF),
+     ("state_points[0].temperature_K", "finite"), ()),
+    ("NaN pressure", _set("state_points", 0, "pressure_GPa", NAN), ("state_points[0].pressure_GPa", "finite"), ()),
+    ("infinite learning rate", _set("trainer", "learning_rate", INF), ("trainer.learning_rate", "finite"), ()),
+    ("NaN in a list", _set("potential", "correction", "centers_A", [3.0, NAN]),
+     ("potential.correction.centers_A[1]", "finite"), ()),
+    ("NaN target weight", _set("targets", 0, "weight", NAN), ("targets[0].weight", "finite"), ()),
+    ("NaN sampler setting", _set("sampler", "friction_per_fs", NAN), ("sampler.friction_per_fs", "finite"), ()),
+    ("NaN check threshold", _check(threshold=NAN), ("report.checks[0].threshold", "finite"), ()),
+    ("--set NaN", None, ("trainer.force_matching_weight", "finite"), ("--set", "trainer.force_matching_weight=.nan")),
+    # ranges of the sampler, trainer and model settings
+    ("stride of zero", _set("sampler", "stride", 0), ("sampler.stride", ">= 1"), ()),
+    ("no snapshots", _set("sampler", "snapshots_per_replica", 0), ("sampler.snapshots_per_replica", ">= 1"), ()),
+    ("negative updates", None, ("trainer.updates", ">= 0", "-1"), ("--set", "trainer.updates=-1")),
+    ("Adam beta of one", _set("trainer", "adam_betas", [0.9, 1.0]), ("trainer.adam_betas", "[0, 1)"), ()),
+    ("growing exponential schedule", _set("trainer", "lr_decay", 1.5), ("trainer.lr_decay", "(0, 1]"), ()),
+    ("cosine floor above the start", _set("trainer", "lr_min_factor", 2.0), ("trainer.lr_min_factor", "[0, 1]"), ()),
+    ("negative force weight", _set("trainer", "fm_force_weight", -1.0), ("trainer.fm_force_weight", ">= 0"), ()),
+    ("negative trainer seed", _set("trainer", "seed", -3), ("trainer.seed", ">= 0"), ()),
+    ("force matching of nothing", _set("trainer", {"updates": 2, "force_matching_weight": 1.0, "fm_energy_weight": 0.0,
+                                                   "fm_force_weight": 0.0}),
+     ("trainer", "fm_energy_weight and fm_force_weight are both 0"), ()),
+    ("zero sigma", _set("potential", "sigma_A", 0.0), ("potential.sigma_A", "> 0"), ()),
+    ("negative cutoff", _set("potential", "cutoff_A", -5.0), ("potential.cutoff_A", "> 0"), ()),
+    ("correction centre past its cutoff", _set("potential", "correction", "centers_A", [3.0, 6.0]),
+     ("potential.correction.centers_A", "cutoff_A"), ()),
+    ("correction of zero cutoff", _set("potential", "correction", "cutoff_A", 0.0),
+     ("potential.correction.cutoff_A", "> 0"), ()),
+    ("repeated correction centres", _set("potential", "correction", "centers_A", [3.0, 3.0]),
+     ("potential.correction.centers_A", "distinct"), ()),
+    ("unknown device", _nequip(device="gpu"), ("potential.device", "'gpu'", "cuda"), ()),
+    ("species map of a non-element", _nequip(chemical_species_to_atom_type_map={"Xx": "C"}),
+     ("potential.chemical_species_to_atom_type_map", "'Xx'"), ()),
+    ("empty state point name", _set("state_points", 0, "name", ""), ("state_points[0].name", "non-empty"), ()),
+    ("empty target name", _set("targets", 0, "name", " G"), ("targets[0].name", "spaces"), ()),
+    ("inline sigma of zero", _inline_target(sigma=[0.05, 0.0, 0.05]), ("targets[0].sigma", "> 0"), ()),
+    ("inline grid of another length", _inline_target(x=[1.0, 2.0]), ("targets[0].x", "one per value"), ()),
+    ("inline grid not increasing", _inline_target(x=[1.0, 3.0, 2.0]), ("targets[0].x", "increasing"), ()),
+    ("negative Q limit", _set("targets", 0, "options", {"q_max": -5.0}), ("targets[0]", ".options", "q_max"), ()),
+    ("negative λ in the scan", _set("force_matching", "scan", [-0.5]), ("force_matching.scan", ">= 0"), ()),
+    ("binding curve without spacings", _set("evaluation", "binding", {"structure": "structure.extxyz", "spacings_A": []}),
+     ("evaluation.binding.spacings_A",), ()),
+    ("binding curve of no layers", _set("evaluation", "binding", {"structure": "structure.extxyz",
+                                                                    "spacings_A": [3.0], "layers": 0}),
+     ("evaluation.binding.layers", ">= 1"), ()),
+    ("R_w cut of 100 %", _check(threshold=1.0), ("report.checks[0].threshold", "[0, 1)"), ()),
+    ("negative atom count of a check", _set("report", "checks", 1, "min_atoms", -1),
+     ("report.checks[1].min_atoms", ">= 0"), ()),
+    ("empty output folder", _set("output", "dir", ""), ("output.dir", "folder"), ()),
+    ("scan without refinement", _no_refinement_with_scan, ("force_matching.scan", "trainer.updates is 0"), ()),
+    ("checks without refinement", _set("trainer", "updates", 0), ("report.checks[0]", "trainer.updates is 0"), ()),
+    ("target field among the options", _set("targets", 0, "options", {"use_sigma": False}),
+     ("targets[0] (G_total).options.use_sigma", "beside `observable`"), ()),
+    # targets against the structure
+    ("composition of another sample", _gr_of_another_sample,
+     ("compare.targets[0] (G_gr)", "G.gr", "composition", "got Cl32 Na32"), ()),
+    ("pair of an absent element", _set("targets", 0, "options", {"pair": [14, 14]}),
+     ("targets[0] (G_total)", "options.pair", "[14, 14]"), ()),
+    # the start structure
+    ("atoms too close", _structure("close.extxyz", _close_pair),
+     ("system.structure", "close.extxyz", "atoms 1 and 4", "0.400 Å", "sampler.min_distance_A"), ()),
+    ("atom close to its own image", _structure("tiny.extxyz", _tiny_cell),
+     ("system.structure", "tiny.extxyz", "atom 0 and its own periodic image", "0.500 Å"), ()),
+    ("unknown element", _structure("unknown.extxyz", _unknown_element),
+     ("system.structure", "unknown.extxyz", "atom 2", "no known element"), ()),
+    ("periodic in two dimensions", _structure("slab.extxyz", _slab), ("system.structure", "slab.extxyz", "pbc"), ()),
+    ("cell of zero volume", _structure("flat.extxyz", _flat_cell), ("system.structure", "flat.extxyz", "volume"), ()),
+    ("a single atom", _one_atom, ("system.structure", "one.extxyz", "1 atom", "at least 2"), ()),
+    ("empty structure file", _empty_structure, ("system.structure", "empty.extxyz", "is empty"), ()),
+    ("structure is a folder", _set("system", "structure", "."), ("system.structure", "is a folder"), ()),
     # the command line
     ("--set without =", None, ("--set", "trainer.updates", "KEY=VALUE"), ("--set", "trainer.updates")),
     ("--set into a number", None, ("--set", "trainer.updates", "not a mapping"), ("--set", "trainer.updates.count=3")),
@@ -302,6 +480,15 @@ def test_invalid_yaml(folder, capsys):
     assert code == 2
     (line,) = err.strip().splitlines()
     assert str(path) in line and "not valid YAML" in line
+
+
+def test_config_file_not_text(folder, capsys):
+    path = folder / "job.yaml"
+    path.write_bytes(b"\x8b\x1f" + bytes(range(256)))
+    code, _, err = check(capsys, path)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert str(path) in line and "not a text file" in line and "0x8b" in line
 
 
 def test_missing_config_file(folder, capsys):
@@ -375,3 +562,37 @@ def test_extends_merges_the_base(folder, capsys):
     code, out, err = check(capsys, path)
     assert code == 0, err
     assert "refinement: 5 updates" in out and "npt (500 K" in out
+
+
+def test_exponent_without_a_dot_is_a_number(folder, capsys):
+    """``1e-3`` is a number in the file and on the command line (YAML 1.2; PyYAML alone reads
+    it as a string), while a quoted ``"1e-3"`` stays a string and is refused."""
+    config = base_config()
+    text = yaml.safe_dump(config, sort_keys=False).replace("learning_rate: 0.001", "learning_rate: 1e-3")
+    path = folder / "job.yaml"
+    path.write_text(text)
+    assert load_job(path).trainer.learning_rate == 1e-3
+    assert load_job(path, ["trainer.learning_rate=2E-2"]).trainer.learning_rate == 0.02
+    path.write_text(text.replace("learning_rate: 1e-3", 'learning_rate: "1e-3"'))
+    code, _, err = check(capsys, path)
+    assert code == 2 and "trainer.learning_rate" in err and "without quotes" in err
+
+
+def test_no_updates_means_no_refinement(folder, capsys):
+    config = base_config()
+    config["trainer"]["updates"] = 0
+    del config["report"]
+    code, out, err = check(capsys, write_config(folder, config))
+    assert code == 0, err
+    assert "refinement: none (trainer.updates: 0)" in out
+
+
+def test_one_atom_cell_repeated_passes(folder, capsys):
+    """A primitive cell of one atom is a fine start once system.repeat makes more of it."""
+    write(folder / "primitive.extxyz", bulk("Na", "bcc", a=4.2))
+    config = base_config()
+    config["system"] = {"structure": "primitive.extxyz", "repeat": [3, 3, 3]}
+    del config["potential"]["correction"]
+    code, out, err = check(capsys, write_config(folder, config))
+    assert code == 0, err
+    assert "system: 27 atoms (Na27)" in out

@@ -141,7 +141,12 @@ def test_three_columns_and_all_zero_sigma(tmp_path):
     three = read_gr(_write(tmp_path, "three.gr", "#L r G dG\n1.0 0.1 0.01\n1.1 0.2 0.02\n"))
     np.testing.assert_allclose(three.sigma, [0.01, 0.02])
     zero = read_gr(_write(tmp_path, "zero.gr", "1.0 0.1 0.0 0.0\n1.1 0.2 0.0 0.0\n"))
-    assert zero.sigma is None  # PDFgui's "unknown"
+    np.testing.assert_array_equal(zero.sigma, [0.0, 0.0])  # PDFgui's "unknown", kept as read
+    assert zero.metadata["sigma_column"] == 3 and zero.metadata["n_columns"] == 4
+    with pytest.raises(ExperimentFileError, match=r"zero\.gr, line 1: column 4 \(σ\): expected σ > 0 in every "
+                                                  r"row \(use_sigma is true\), got 2 of 2 rows"):
+        zero.to_target("G")  # not dropped without a word
+    assert zero.to_target("G", use_sigma=False).sigma is None
 
 
 def test_function_from_label_extension_or_argument(tmp_path):
@@ -213,17 +218,23 @@ _GOOD = "1.0 0.1\n1.1 0.2\n"
     ("bad.gr", PDFGETX3_GR.replace("0.03 0.00233019", "0.03 0.00233019 1 2 3"), 36,
      "expected 2–4 numeric columns"),
     ("bad.gr", "1.0 0.1\n1.1 0.2 0.01\n", 2, "expected 2 numeric columns as on line 1"),
-    ("bad.gr", PDFGETX3_GR.replace("0.03 0.00233019", "0.02 0.00233019"), 36, "expected x increasing"),
+    ("bad.gr", PDFGETX3_GR.replace("0.03 0.00233019", "0.02 0.00233019"), 36,
+     "column 1 (r($\\AA$)): expected x increasing, got 0.02 after 0.02 (line 35): a duplicate"),
+    ("bad.gr", "1.0 0.1\n1.2 0.2\n1.1 0.3\n", 3, "column 1 (r): expected x increasing, got 1.1 after 1.2 "
+     "(line 2): a decrease"),
     ("bad.gr", "# one row\n1.0 0.1\n", 2, "expected at least 2 data rows, found 1"),
-    ("bad.gr", "#L r G dG\n1.0 0.1 0.01\n1.1 0.2 -0.01\n", 3, "expected a positive sigma"),
-    ("bad.gr", "1.0 0.1\n1.1 nan\n1.2 0.3\n", 2, "expected finite numbers"),
-    ("bad.gr", PDFGETX3_GR.replace("qmax = 22.5", "qmax = high"), 20, "expected a number for 'qmax'"),
+    ("bad.gr", "1.0 0.1\n1.1 nan\n1.2 0.3\n", 2, "column 2 (G): expected a finite number, got nan (1 such rows)"),
+    ("bad.gr", "#L r G\n1.0 0.1\ninf 0.2\n", 3, "column 1 (r): expected a finite number, got inf"),
+    ("bad.gr", PDFGETX3_GR.replace("qmax = 22.5", "qmax = high"), 20, "qmax: expected a number, got 'high'"),
+    ("bad.gr", PDFGETX3_GR.replace("mode = xray", "mode = sas"), 12,
+     "mode: expected a scattering mode: xray (x, x-ray) or neutron (n), got 'sas'"),
+    ("bad.gr", PDFGUI_GR.replace("stype=N", "stype=E"), 4, "stype: expected a scattering mode"),
     ("bad.gr", PDFGETX3_GR.replace("C3N4", "Xq3N4"), 15, "expected a formula"),
     ("bad.gr", PDFGETX3_GR.replace("300 K", "warm"), 24, "expected a temperature"),
     ("bad.sq", "#L r($\\AA$) S\n" + _GOOD, 1, "expected a grid for 'S'"),
     ("bad.csv", "r,G\nx,y\n" + _GOOD, 2, "expected 2 or 3 numeric columns"),
     ("bad.csv", "1,2,3,4\n" + _GOOD, 1, "expected 2 or 3 numeric columns"),
-    ("bad.csv", "1.0,0.1,0.0\n1.1,0.2,0.1\n", 1, "expected a positive sigma"),
+    ("bad.csv", "r,G\n1.0,0.1\n1.0,0.2\n", 3, "column 1 (r): expected x increasing, got 1 after 1"),
     ("bad.csv", "1.0,0.1\n0.9,0.2\n", 2, "expected x increasing, got 0.9 after 1"),
     ("bad.csv", "r,G\n", 1, "expected at least 2 data rows, found 0"),
 ])
@@ -255,7 +266,9 @@ def test_experimental_data_validates_and_writer_rejects_bad_header(tmp_path):
     with pytest.raises(ValueError, match="unknown function"):
         ExperimentalData("g", [1.0, 2.0], [0.0, 0.0])
     with pytest.raises(ValueError, match="sigma"):
-        ExperimentalData("G", [1.0, 2.0], [0.0, 0.0], [0.1, 0.0])
+        ExperimentalData("G", [1.0, 2.0], [0.0, 0.0], [0.1, 0.0, 0.1])
+    kept = ExperimentalData("G", [1.0, 2.0], [0.0, 0.0], [0.1, 0.0])  # σ as read; fit_sigma decides
+    np.testing.assert_array_equal(kept.sigma, [0.1, 0.0])
     with pytest.raises(ValueError, match="cannot be one 'key = value' line"):
         write_gr(tmp_path / "x.gr", _data("G", False), {"note": "two\nlines"})
     assert not list(tmp_path.iterdir())
@@ -266,7 +279,7 @@ def test_experimental_data_validates_and_writer_rejects_bad_header(tmp_path):
 
 def test_to_target_maps_header_to_options(tmp_path):
     data = read_gr(_write(tmp_path, "gCN.gr", PDFGETX3_GR))
-    target = data.to_target("pdf_xray", weight=2.0, state_point="300K", lorch=True)
+    target = data.to_target("pdf_xray", weight=2.0, state_point="300K", use_sigma=False, lorch=True)
     assert isinstance(target, Target)
     assert (target.name, target.observable, target.weight, target.state_point) == (
         "pdf_xray", "G", 2.0, "300K")
@@ -275,8 +288,14 @@ def test_to_target_maps_header_to_options(tmp_path):
     torch.testing.assert_close(target.values, torch.tensor(data.values, dtype=torch.float64))
     assert target.sigma is None
 
-    gui = read_gr(_write(tmp_path, "pdfgui.gr", PDFGUI_GR)).to_target("pdf_n", q_max=20.0)
-    assert gui.options == {"q_max": 20.0, "weighting": "neutron"}  # an option overrides the header
+    assert target.source == str(tmp_path / "gCN.gr") and target.composition == {"C": 3.0, "N": 4.0}
+
+    gui_data = read_gr(_write(tmp_path, "pdfgui.gr", PDFGUI_GR))
+    with pytest.raises(ExperimentFileError, match=r"pdfgui\.gr, line 5: qmax: expected options\.q_max 28\.5 \(what "
+                                                  r"the file declares: qmax = 28\.5\) or no such option, got 20\.0"):
+        gui_data.to_target("pdf_n", q_max=20.0)  # an option does not override the header
+    gui = gui_data.to_target("pdf_n", q_max=28.5)  # restating it is fine
+    assert gui.options == {"q_max": 28.5, "weighting": "neutron"}
     torch.testing.assert_close(gui.sigma, torch.tensor([0.020, 0.021, 0.022], dtype=torch.float64))
 
     s = ExperimentalData("S", [1.0, 2.0], [0.5, 1.0], [0.1, 0.1], {"mode": "xray", "q_max": 20.0})

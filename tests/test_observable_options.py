@@ -208,16 +208,16 @@ def test_reassigning_observable_or_options_validates_again():
 def test_reader_targets_carry_only_declared_options():
     data = ExperimentalData("G", [0.01, 0.02, 0.03], [0.0, 0.1, 0.2],
                             metadata={"mode": "xray", "q_min": 0.8, "q_max": 22.5, "temperature_K": 300.0,
-                                      "composition": {"C": 3.0, "N": 4.0},
+                                      "composition": {"C": 3.0, "N": 4.0}, "r_max_transform": 8.0,
                                       "header": {"lorch": "True", "rmax_transform": "8.0"}})
-    target = data.to_target("G_total")
+    target = data.to_target("G_total", use_sigma=False)
     assert target.options == {"q_min": 0.8, "q_max": 22.5, "weighting": "xray", "lorch": True, "r_max_A": 8.0}
     assert target.settings == GOptions(q_min=0.8, q_max=22.5, weighting="xray", lorch=True, r_max_A=8.0)
     with pytest.raises(OptionsError, match=r"^Target 'G_total': unknown option 'qmax'"):
-        data.to_target("G_total", qmax=20.0)
+        data.to_target("G_total", use_sigma=False, qmax=20.0)
     bad = ExperimentalData("S", [1.0, 2.0], [0.5, 1.0], metadata={"header": {"weighting": "electron"}})
     with pytest.raises(OptionsError, match=r"^Target 'sq': option 'weighting'"):
-        bad.to_target("sq")
+        bad.to_target("sq", use_sigma=False)
 
 
 # ----------------------------------------------------------------------------- values

@@ -259,8 +259,13 @@ def parse_job(data: dict, base_dir: str | Path = ".", source: str = "<dict>") ->
     if trainer.force_matching_weight > 0 and force_matching is None:
         raise ConfigError(f"{source}: trainer.force_matching_weight is {trainer.force_matching_weight:g} but there "
                           "is no force_matching section with the frames (force_matching.file)")
-    if force_matching is not None and any(x < 0 for x in force_matching.scan):
-        raise ConfigError(f"{source}: force_matching.scan: every λ must be >= 0, got {force_matching.scan}")
+    if trainer.updates == 0:  # nothing is refined: settings about refined models would be ignored or fail late
+        if force_matching is not None and force_matching.scan:
+            raise ConfigError(f"{source}: force_matching.scan: refines one model per λ, but trainer.updates is 0 "
+                              "(no refinement); drop the scan or set trainer.updates >= 1")
+        if report.checks:
+            raise ConfigError(f"{source}: report.checks[0]: every check measures the refined model, but "
+                              "trainer.updates is 0 (no refinement); drop the checks or set trainer.updates >= 1")
     _unique([s.name for s in evaluation.sets], source, "evaluation.sets")
     references = {r for s in evaluation.sets for r in s.references}
     set_names = [s.name for s in evaluation.sets]

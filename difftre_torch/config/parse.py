@@ -3,10 +3,12 @@
 :func:`build` fills a dataclass from a mapping and raises :class:`ConfigError` naming the file,
 the field path (``trainer.updates``, ``targets[2].options.q_max``) and what was expected when a
 field is unknown (with the closest known name), missing, of the wrong type (``"5.0"`` for a
-number, ``"false"`` for a boolean: strings are never coerced) or rejected by the dataclass's own
-``__post_init__``. :func:`apply_overrides` applies ``--set key.path=value`` overrides (values
-parsed as YAML) to a raw mapping, and :func:`read_mapping` reads YAML or TOML, following an
-``extends:`` chain (a file that names another as its base and overrides parts of it).
+number, ``"false"`` for a boolean: strings are never coerced; NaN and ±inf are no setting's
+value) or rejected by the dataclass's own ``__post_init__``. :func:`apply_overrides` applies
+``--set key.path=value`` overrides (values parsed as YAML) to a raw mapping, and
+:func:`read_mapping` reads YAML or TOML, following an ``extends:`` chain (a file that names
+another as its base and overrides parts of it). YAML is read as :func:`yaml_load` does
+(``1e-3`` is a number).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -128,6 +131,8 @@ def coerce(value: Any, hint: Any, source: str, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(value, hint, source, path)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where(source, path)}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -204,6 +209,33 @@ def _validation_message(cls, message: str, fields, source: str, path: str) -> st
 # ------------------------------------------------------------------------------- files, overrides
 
 
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-3`` and ``2E5`` as numbers (YAML 1.2, as every
+    other YAML and JSON reader does): PyYAML's YAML 1.1 needs a dot in the mantissa
+    (``1.0e-3``) and would hand the string ``'1e-3'`` to a number field."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())
+
+
+_LOADER = None
+
+
+def _loader():
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.add_implicit_resolver(
+            "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+            list("-+0123456789"))
+        _LOADER = Loader
+    return _LOADER
+
+
 def read_mapping(path: str | Path, _seen: tuple = ()) -> dict:
     """The mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file. A top-level
     ``extends: other.yaml`` (relative to this file) reads that file first and deep-merges this
@@ -214,7 +246,13 @@ def read_mapping(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     if path in _seen:
         raise ConfigError(f"{path}: extends itself (through {' -> '.join(str(p) for p in _seen)})")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; expected a YAML or TOML file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (UTF-8): byte {exc.object[exc.start]:#04x} at position "
+                          f"{exc.start}; expected a YAML or TOML file") from None
     if path.suffix == ".toml":
         import tomllib
 
@@ -226,7 +264,7 @@ def read_mapping(path: str | Path, _seen: tuple = ()) -> dict:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({yaml_error(exc)})") from None
     if data is None:
@@ -281,7 +319,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: the key {key!r} is not a dotted path such as trainer.updates")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({yaml_error(exc)})") from None
     parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]

@@ -33,6 +33,19 @@ def doc(text: str, **kwargs) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
+def require(name: str, ok: bool, expected: str, value: Any) -> None:
+    """ValueError ``"<name>: expected <expected>, got <value>"`` unless ``ok`` (the config layer
+    puts the section's path in front of ``name``)."""
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+def named(name: str, value: Any) -> None:
+    """``value`` is a non-empty name (no leading or trailing spaces)."""
+    require(name, isinstance(value, str) and value.strip() == value and value != "",
+            "a non-empty name without leading or trailing spaces", value)
+
+
 @dataclass
 class SystemSection:
     """The simulated cell."""
@@ -43,6 +56,7 @@ class SystemSection:
     index: int = doc("which frame of a multi-frame file (Python index; -1: the last)", default=-1)
 
     def __post_init__(self) -> None:
+        require("structure", bool(self.structure.strip()), "a file name", self.structure)
         if len(self.repeat) != 3 or min(self.repeat) < 1:
             raise ValueError(f"repeat: expected three integers >= 1, got {self.repeat}")
 
@@ -74,7 +88,8 @@ class StatePointEntry:
     compare: bool = doc("sampled by the structure comparison", default=True)
 
     def __post_init__(self) -> None:
-        if self.temperature_K <= 0:
+        named("name", self.name)
+        if not self.temperature_K > 0:
             raise ValueError(f"temperature_K must be > 0, got {self.temperature_K}")
         if self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
@@ -113,6 +128,7 @@ class TargetEntry:
                                   default_factory=dict)
 
     def __post_init__(self) -> None:
+        named("name", self.name)
         if self.file is None and self.values is None:
             raise ValueError("give either `file` or `values`")
         if self.file is not None and self.values is not None:
@@ -120,8 +136,18 @@ class TargetEntry:
         if self.x_range is not None and (len(self.x_range) != 2 or self.x_range[0] >= self.x_range[1]):
             raise ValueError(f"x_range: expected [min, max] with min < max, got {self.x_range}")
         for name in ("sigma_floor", "weight"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
+        if self.values is not None:
+            require("values", len(self.values) >= 1, "at least one value", self.values)
+            for name in ("sigma", "x"):
+                given = getattr(self, name)
+                require(name, given is None or len(given) == len(self.values),
+                        f"one per value ({len(self.values)})", given)
+            require("sigma", self.sigma is None or all(s > 0 for s in self.sigma), "standard errors > 0",
+                    self.sigma)
+            require("x", self.x is None or all(b > a for a, b in zip(self.x, self.x[1:])),
+                    "an increasing grid", self.x)
         # fields that would be silently ignored for this kind of source are errors
         json_file = self.file is not None and self.file.lower().endswith(".json")
         for name in ("value_key", "sigma_key"):
@@ -143,6 +169,10 @@ class ForceMatchingSection:
     file: str = doc("frames with energy (eV) and forces (eV/Å): extxyz or anything ase.io reads")
     scan: list[float] = doc("further force-matching weights λ, each refined as its own model "
                             "(the main λ is trainer.force_matching_weight)", default_factory=list)
+
+    def __post_init__(self) -> None:
+        require("file", bool(self.file.strip()), "a file name", self.file)
+        require("scan", all(x >= 0 for x in self.scan), "weights λ >= 0", self.scan)
 
 
 @dataclass
@@ -169,8 +199,13 @@ class FrameSetEntry:
         "P (info P_energy, arrays P_forces, info P_stress)", default_factory=lambda: {"reference": "label"})
 
     def __post_init__(self) -> None:
+        named("name", self.name)
         if not self.references:
             raise ValueError("references: give at least one")
+        for name, where in self.references.items():
+            named("references", name)
+            require("references", where == "label" or (bool(where) and where.strip() == where),
+                    f"'label' or a prefix for {name!r}", where)
 
 
 @dataclass
@@ -184,6 +219,12 @@ class BindingSection:
     reference_spacing_A: float = doc("d_ref (Å)", default=8.0)
     references: str | None = doc("JSON with reference curves: spacing_A and <name>_meV_per_atom lists",
                                  default=None)
+
+    def __post_init__(self) -> None:
+        require("spacings_A", len(self.spacings_A) >= 1 and all(d > 0 for d in self.spacings_A),
+                "at least one spacing, each > 0 Å", self.spacings_A)
+        require("layers", self.layers >= 1, "an integer >= 1", self.layers)
+        require("reference_spacing_A", self.reference_spacing_A > 0, "a spacing > 0 Å", self.reference_spacing_A)
 
 
 @dataclass
@@ -227,6 +268,14 @@ class CheckEntry:
     min_atoms: int = doc("only sets with more atoms than this (errors_*)", default=0)
     intervals_apart: bool = doc("errors_better: the 95 % intervals must not overlap too", default=False)
 
+    def __post_init__(self) -> None:
+        require("min_atoms", self.min_atoms >= 0, "an integer >= 0", self.min_atoms)
+        if self.kind == "r_w_cut":
+            require("threshold", 0 <= self.threshold < 1, "a fraction in [0, 1) (the R_w cut: 1 − refined/base)",
+                    self.threshold)
+        elif self.kind in ("within", "rise_at_most"):
+            require("threshold", self.threshold >= 0, "a bound >= 0", self.threshold)
+
 
 @dataclass
 class ReportSection:
@@ -237,3 +286,6 @@ class ReportSection:
 @dataclass
 class OutputSection:
     dir: str = doc("output folder (relative to the working directory)", default="outputs/difftre")
+
+    def __post_init__(self) -> None:
+        require("dir", bool(self.dir.strip()), "a folder name", self.dir)

@@ -1,9 +1,12 @@
-"""Experiments: targets for the loss and readers for the files experimenters have."""
+"""Experiments: targets for the loss, readers for the files experimenters have, and the checks
+between a file, the job that names it and the structure it is compared with."""
 
+from difftre_torch.experiment.checks import check_target_against_system, fit_sigma
+from difftre_torch.experiment.errors import ExperimentFileError, TargetCheckError
 from difftre_torch.experiment.readers import (
     FUNCTIONS,
     ExperimentalData,
-    ExperimentFileError,
+    load_target,
     parse_composition,
     read_columns,
     read_experiment,
@@ -17,6 +20,10 @@ __all__ = [
     "ExperimentFileError",
     "ExperimentalData",
     "Target",
+    "TargetCheckError",
+    "check_target_against_system",
+    "fit_sigma",
+    "load_target",
     "parse_composition",
     "read_columns",
     "read_experiment",

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from difftre_torch.experiment.errors import TargetCheckError
+
 
 @dataclass
 class Target:
@@ -32,9 +34,17 @@ class Target:
         observable's options dataclass (:mod:`difftre_torch.observables.options`): an unknown,
         mistyped or out-of-range option raises
         :class:`~difftre_torch.observables.options.OptionsError` (a ``ValueError``).
+    source: the file the values came from (path as given), named in errors; ``None`` for inline
+        values.
+    composition: the sample's formula as the file states it, element symbol → count (e.g.
+        ``{"C": 3.0, "N": 4.0}``), or ``None``; checked against the simulated structure by
+        :func:`~difftre_torch.experiment.checks.check_target_against_system`.
     settings: the validated options, an instance of that dataclass (e.g. ``GOptions``), which the
         observable functions read. Not an argument: derived from ``observable``, ``options`` and
-        ``x``, and derived again when one of those is reassigned.
+        ``x``, and derived again when one of those is reassigned. The grid is checked against the
+        model's bins too (:func:`~difftre_torch.observables.options.check_grid_size`: at most
+        10 points per bin of g(r), at most 20 000 points): a longer grid raises
+        :class:`~difftre_torch.experiment.errors.TargetCheckError` naming ``source``.
     """
 
     name: str
@@ -45,6 +55,8 @@ class Target:
     weight: float = 1.0
     state_point: str | None = None
     options: dict = field(default_factory=dict)
+    source: str | None = None
+    composition: dict[str, float] | None = None
     settings: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,12 +87,18 @@ class Target:
             self._validate_options()
 
     def _validate_options(self) -> None:
+        from difftre_torch.observables.options import check_grid_size
         from difftre_torch.observables.registry import validate_options  # the registry imports Target
 
         settings = validate_options(self.observable, self.options, f"Target {self.name!r}", self.x)
         if settings.grid is not None and self.x is None:
             raise ValueError(f"Target {self.name!r}: observable {self.observable!r} is a function of "
                              f"{settings.grid}; give its grid x")
+        try:
+            check_grid_size(self.x, settings)
+        except ValueError as exc:
+            where = f"Target {self.name!r}" if self.source is None else f"{self.source} (target {self.name!r})"
+            raise TargetCheckError(where, "x", str(exc)) from None
         object.__setattr__(self, "settings", settings)
 
 

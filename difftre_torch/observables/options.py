@@ -29,6 +29,20 @@ import numpy as np
 import torch
 
 WEIGHTINGS: tuple[str, ...] = ("neutron", "xray", "xray_q", "number")
+DEFAULT_BIN_WIDTH_A = 0.02
+"""Width Δr (Å) of the model's g(r) bins unless a target says otherwise; never taken from the data
+grid (whose spacing is the experimenter's choice, and may be uneven). Binning convolves g(r) with
+a box of width Δr (variance Δr²/12 = 3.3e-5 Å²): against the narrowest peak we fit, a first-
+neighbour shell at room temperature (σ ≳ 0.05 Å), that widens it by < 1 %, and the bins sample
+Q up to π/Δr = 157 Å⁻¹, far beyond any instrument's Q_max. The model then has r_max/Δr bins
+(1250 for 25 Å), whatever the file."""
+MAX_POINTS_PER_BIN = 10
+"""An r grid may have at most this many points per model bin (its median spacing ≥ Δr/10): the
+model is a straight line between bin centres, so finer data add cost (one stored value per
+point per snapshot), not information."""
+MAX_GRID_POINTS = 20_000
+"""At most this many grid points per target: each snapshot stores one float64 per point (160 kB
+here), and g(r) → S(Q) holds an [n_Q, n_r] kernel (200 MB for 20 000 Q × 1250 r)."""
 AXES = "abc"
 MAX_Z = 118  # heaviest element with an atomic number
 
@@ -76,9 +90,10 @@ class HistogramOptions(NoOptions):
                                            'or "number" (concentrations only); Faber–Ziman')
     pair: tuple[int, int] | None = option(None, doc="atomic numbers [Z_a, Z_b] of one partial to "
                                                     "compute instead of the total (diagnostics)")
-    bin_width_A: float | None = option(None, doc="histogram bin width in Å (default: the target grid's step)")
-    r_max_A: float | None = option(None, doc="end of the internal r grid in Å (default: just past the "
-                                             "target grid's end)")
+    bin_width_A: float = option(DEFAULT_BIN_WIDTH_A, doc="width Δr in Å of the model's g(r) bins, whatever the "
+                                                         "data grid (the model is interpolated linearly onto it)")
+    r_max_A: float | None = option(None, doc="end of the internal r grid in Å (default: the target grid's "
+                                             "last r + bin_width_A)")
     smoothing_A: float | None = option(None, doc="Gaussian width σ in Å smoothing the histogram "
                                                  "(default: hard bins)")
 
@@ -114,7 +129,7 @@ class GOptions(RdfOptions):
     [q_min, q_max] (Å⁻¹) when ``q_max`` is given, the ideal G otherwise."""
 
     r_max_A: float | None = option(None, doc="end of the internal r grid in Å (default: the target "
-                                             "grid's end + 5 Å with q_max, + one step without)")
+                                             "grid's last r + 5 Å with q_max, + bin_width_A without)")
     q_min: float = option(0.0, doc="lowest Q of the instrument in Å⁻¹ (used only with q_max)")
     q_max: float | None = option(None, doc="highest Q of the instrument in Å⁻¹ "
                                            "(default: none, the ideal G(r))")
@@ -133,7 +148,6 @@ class SOptions(HistogramOptions):
     """S(Q) on the target's Q grid (Å⁻¹), the Fourier transform of g(r) up to ``r_max_A``."""
 
     grid: ClassVar[str | None] = "Q"
-    bin_width_A: float | None = option(None, doc="histogram bin width in Å (default: 0.02 Å)")
     r_max_A: float = option(10.0, doc="end of the r range of the g(r) → S(Q) transform in Å")
     lorch_r: bool = option(False, doc="apply the real-space Lorch window M(r) in g(r) → S(Q)")
 
@@ -304,6 +318,28 @@ def _wrong(value: Any, hint: Any) -> _WrongType:
         t in (float, int, bool) for t in (hint, *typing.get_args(hint)))
     return _WrongType(f"expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
                       + (" (write it without quotes)" if quoted else ""))
+
+
+def check_grid_size(x: torch.Tensor, settings: Any) -> None:
+    """Raise ``ValueError("expected …, got …")`` if the target grid ``x`` (Å or Å⁻¹, [n]) is too
+    long for the model: more than :data:`MAX_GRID_POINTS` points, or (r grids of g and G) a
+    median spacing below ``bin_width_A`` / :data:`MAX_POINTS_PER_BIN`. Scalars pass."""
+    if settings.grid is None or x is None or x.ndim != 1:
+        return
+    n = int(x.shape[0])
+    bin_width = getattr(settings, "bin_width_A", None)
+    if settings.grid == "r" and bin_width is not None and n > 2 * MAX_POINTS_PER_BIN:
+        spacing = float(torch.diff(x).median())
+        if spacing < bin_width / MAX_POINTS_PER_BIN:
+            raise ValueError(
+                f"expected a grid step >= {bin_width / MAX_POINTS_PER_BIN:g} Å (bin_width_A = {bin_width:g} Å "
+                f"/ {MAX_POINTS_PER_BIN}: the model is linear between its bins), got a median step of "
+                f"{spacing:.3g} Å over {n} points; thin the file to a step >= {bin_width / MAX_POINTS_PER_BIN:g} Å "
+                f"(e.g. average blocks of {max(2, round(bin_width / MAX_POINTS_PER_BIN / spacing))} rows), crop it "
+                f"with x_range, or give a smaller bin_width_A")
+    if n > MAX_GRID_POINTS:
+        raise ValueError(f"expected at most {MAX_GRID_POINTS} grid points (each snapshot stores one value per "
+                         f"point), got {n}; crop the grid with x_range or thin the file")
 
 
 def _check_grid(x: torch.Tensor, grid: str) -> None:

@@ -9,9 +9,10 @@ Two kinds:
   -> [b, n]`` from one energy + stress evaluation (:class:`~difftre_torch.potentials.base.Evaluation`)
   shared by all of them. Recomputed in every update; the gradient gets ⟨∂O/∂θ⟩ as well.
 
-Functions of r or Q are computed on an internal uniform grid and interpolated linearly onto
-the target's grid (linear, so it commutes with reweighting). Each observable declares its
-options as a dataclass of :mod:`difftre_torch.observables.options` (``@register("G",
+Functions of r or Q are computed on the model's own uniform grid (bins of ``bin_width_A``, 0.02 Å
+by default, up to ``r_max_A``), never derived from the data's spacing, and interpolated linearly
+onto the target's grid, uniform or not (linear, so it commutes with reweighting). Each observable
+declares its options as a dataclass of :mod:`difftre_torch.observables.options` (``@register("G",
 options=GOptions)``); a target's ``options`` mapping is validated against it when the target is
 built (:func:`validate_options`: a misspelt or mistyped option is an error, not a silent
 default) and the functions here read the typed instance ``target.settings``. In short:
@@ -19,8 +20,8 @@ default) and the functions here read the typed instance ``target.settings``. In 
 * ``weighting``: "neutron" (default), "xray", "xray_q" (S/F: Q-dependent form factors; Z in
   r space) or "number" (Faber–Ziman total); or
   ``pair: [Z_a, Z_b]`` for one partial (diagnostics: experiments do not measure partials).
-* ``bin_width_A`` (default: the target's grid step for g and G, 0.02 Å for S and F),
-  ``r_max_A`` (internal grid end),
+* ``bin_width_A`` (default 0.02 Å, :data:`~difftre_torch.observables.options.DEFAULT_BIN_WIDTH_A`),
+  ``r_max_A`` (internal grid end; g and G: the target's last r + one bin by default),
   ``smoothing_A`` (Gaussian smoothing of the histogram).
 * G(r): ``q_min``, ``q_max``, ``lorch`` — the instrument's Q range and Lorch window; without
   ``q_max`` G is the ideal 4πρr(g − 1).
@@ -84,7 +85,6 @@ class ObservableSpec:
 
 
 OBSERVABLES: dict[str, ObservableSpec] = {}
-DEFAULT_BIN_WIDTH_A = 0.02  # r bins of the internal g(r) for Q-space targets (S, F)
 
 
 def register(name: str, depends_on_theta: bool = False, options: type = NoOptions):
@@ -128,7 +128,9 @@ def _entry(observable: str, where: str) -> ObservableSpec:
 
 
 def _interp(x_new: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of y [b, n] given on uniform x [n] at x_new [m] → [b, m]."""
+    """Linear interpolation of y [b, n] given on the uniform grid x [n] (the model's bin centres)
+    at any points x_new [m] (uneven, unsorted, repeated: each is placed on its own) → [b, m].
+    Outside [x[0], x[-1]] the end value is held."""
     x_new = x_new.to(y)
     step = x[1] - x[0]
     pos = ((x_new - x[0]) / step).clamp(0, x.shape[0] - 1)
@@ -144,13 +146,10 @@ def _require_grid(target: Target) -> torch.Tensor:
 
 
 def _g_on_grid(positions, cells, numbers, target: Target, r_max_A: float):
-    """(r [n_r], g [b, n_r]) on the internal uniform grid up to ``r_max_A``."""
+    """(r [n_r], g [b, n_r]) on the model's uniform grid: bins of ``bin_width_A`` up to
+    ``r_max_A`` (rounded to whole bins), whatever the target's grid."""
     opts = target.settings
-    x = target.x
-    real_space_grid = x is not None and target.observable in ("rdf", "G")
     step = opts.bin_width_A
-    if step is None:
-        step = float(x[1] - x[0]) if real_space_grid else DEFAULT_BIN_WIDTH_A
     n_bins = max(2, int(round(r_max_A / step)))
     r, partials = partial_rdfs(positions, cells, numbers, n_bins * step, n_bins, smoothing_A=opts.smoothing_A)
     if opts.pair is not None:
@@ -166,14 +165,22 @@ def _g_on_grid(positions, cells, numbers, target: Target, r_max_A: float):
 # ----------------------------------------------------------------------------- θ-independent
 
 
+def model_r_max_A(target: Target) -> float:
+    """End (Å) of the model's r grid for a g(r)-based target: ``r_max_A`` where given; else for
+    g the target's last r + ``bin_width_A``, for G that + 5 Å with ``q_max`` (room for the Q-window
+    transform's ripple) and + ``bin_width_A`` without; S and F always give ``r_max_A``."""
+    opts = target.settings
+    if opts.r_max_A is not None:
+        return float(opts.r_max_A)
+    x = _require_grid(target)
+    return float(x[-1]) + (5.0 if getattr(opts, "q_max", None) is not None else opts.bin_width_A)
+
+
 @register("rdf", options=RdfOptions)
 def rdf(positions, cells, numbers, target: Target) -> torch.Tensor:
     """Total (Faber–Ziman) or partial g(r) on the target's r grid, [b, n]."""
     x = _require_grid(target)
-    r_max_A = target.settings.r_max_A
-    if r_max_A is None:
-        r_max_A = float(x[-1]) + float(x[1] - x[0])
-    r, g, _ = _g_on_grid(positions, cells, numbers, target, r_max_A)
+    r, g, _ = _g_on_grid(positions, cells, numbers, target, model_r_max_A(target))
     return _interp(x, r, g)
 
 
@@ -183,10 +190,7 @@ def reduced_pdf(positions, cells, numbers, target: Target) -> torch.Tensor:
     ``q_max`` is given (``q_min`` default 0, ``lorch`` default False)."""
     x = _require_grid(target)
     opts: GOptions = target.settings
-    r_max_A = opts.r_max_A
-    if r_max_A is None:
-        r_max_A = float(x[-1]) + (5.0 if opts.q_max is not None else float(x[1] - x[0]))
-    r, g, _ = _g_on_grid(positions, cells, numbers, target, r_max_A)
+    r, g, _ = _g_on_grid(positions, cells, numbers, target, model_r_max_A(target))
     rho = number_density(len(numbers), cells)
     if opts.q_max is not None:
         G = instrument_G(r, g, rho, opts.q_min, opts.q_max, lorch=opts.lorch)

@@ -16,11 +16,14 @@ the same kind as its base (:func:`load_model_file`).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from ase.data import chemical_symbols
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,10 @@ class LennardJonesOptions:
     cutoff_A: float | None = field(default=None, metadata={"doc": "cut-off radius (Å); null: 3σ"})
 
     def __post_init__(self) -> None:
-        if self.sigma_A <= 0 or self.epsilon_eV <= 0:
-            raise ValueError(f"sigma_A and epsilon_eV must be > 0, got {self.sigma_A}, {self.epsilon_eV}")
+        for name in ("sigma_A", "epsilon_eV", "cutoff_A"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {value}")
         if self.cutoff_A is not None and self.cutoff_A <= self.sigma_A:
             raise ValueError(f"cutoff_A must exceed sigma_A, got {self.cutoff_A} <= {self.sigma_A}")
 
@@ -93,6 +98,14 @@ class NequipOptions:
     recompile: bool = field(default=False, metadata={"doc": "re-export the compiled model after each update"})
 
     def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ValueError(f"path: expected the model file, got {self.path!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
+        for element in self.chemical_species_to_atom_type_map or {}:
+            if element not in chemical_symbols[1:]:
+                raise ValueError(f"chemical_species_to_atom_type_map: {element!r} is not an element symbol "
+                                 "(H, He, …, as in the structure file)")
         if self.sampling_model is not None and self.compile_for_sampling:
             raise ValueError("give sampling_model or compile_for_sampling, not both")
         if self.recompile and self.sampling_model is None and not self.compile_for_sampling:
@@ -138,6 +151,18 @@ class CorrectionOptions:
     width_A: float = field(default=0.75, metadata={"doc": "width w of the Gaussians (Å)"})
     train_base: bool = field(default=False, metadata={"doc": "train the base model's weights too "
                                                              "(false: only the correction's coefficients)"})
+
+    def __post_init__(self) -> None:
+        for name in ("cutoff_A", "width_A"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a length > 0 Å, got {value}")
+        centers = list(self.centers_A)
+        if not centers or not all(math.isfinite(c) and 0 <= c < self.cutoff_A for c in centers):
+            raise ValueError(f"centers_A: expected at least one centre, each in [0, cutoff_A = {self.cutoff_A}) Å, "
+                             f"got {centers}")
+        if len(set(centers)) != len(centers):
+            raise ValueError(f"centers_A: expected distinct centres, got {centers}")
 
 
 def add_correction(base: torch.nn.Module, options: CorrectionOptions, atoms) -> torch.nn.Module:

@@ -34,7 +34,7 @@ from ase.md.md import MolecularDynamics
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from difftre_torch.sampling.base import SamplerConfig, StatePoint
-from difftre_torch.sampling.blowups import blow_up_reasons
+from difftre_torch.sampling.blowups import blow_up_reasons, too_many_blow_ups
 
 
 def initialise_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
@@ -117,16 +117,31 @@ def restore_integrator_state(dyn: MolecularDynamics, state: dict) -> None:
             setattr(dyn, name, float(value) if value.ndim == 0 else value.copy())
 
 
-def blow_up_reason(atoms: Atoms, config: SamplerConfig, reference_volume_A3: float) -> str | None:
+def blow_up_reason(atoms: Atoms, config: SamplerConfig, reference_volume_A3: float, *,
+                   reference_cell: np.ndarray | None = None, temperature_K: float | None = None,
+                   previous: dict | None = None, steps_since: int = 1) -> str | None:
     """Why the current configuration of ``atoms`` is unphysical, or ``None`` if it looks healthy:
     :func:`~difftre_torch.sampling.blowups.blow_up_reasons` for this one system (R = 1; close
-    pairs from a vesin search, minimum image if ``atoms`` is periodic in 3D), with
-    ``config.min_distance_A`` and ``config.max_volume_ratio``."""
+    pairs from a vesin search, minimum image if ``atoms`` is periodic in 3D), with the bounds of
+    ``config``. The checks that need more run when it is given: reference_cell [3, 3] Å (the
+    start cell: cell vector lengths); temperature_K (the thermostat's: kinetic temperature, with
+    ``atoms``' masses); previous (an :func:`integrator_state` of the previous check) with
+    steps_since (MD steps since then: displacement per step)."""
     as_batch = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))[None]
+    extra = {}
+    if reference_cell is not None:
+        extra.update(reference_cell=as_batch(reference_cell)[0], max_cell_length_ratio=config.max_cell_length_ratio)
+    if temperature_K is not None:
+        extra.update(masses=as_batch(atoms.get_masses())[0], temperature_K=torch.tensor([float(temperature_K)]),
+                     max_temperature_ratio=config.max_temperature_ratio)
+    if previous is not None:
+        extra.update(previous_positions=as_batch(previous["positions"]), previous_cells=as_batch(previous["cell"]),
+                     steps_since=torch.tensor([int(steps_since)]),
+                     max_step_displacement_A=config.max_step_displacement_A)
     return blow_up_reasons(as_batch(atoms.get_positions()), as_batch(atoms.get_momenta()),
                            as_batch(atoms.cell.array), reference_volume_A3,
                            min_distance_A=config.min_distance_A, max_volume_ratio=config.max_volume_ratio,
-                           periodic=bool(atoms.pbc.all()))[0]
+                           periodic=bool(atoms.pbc.all()), **extra)[0]
 
 
 @dataclass
@@ -147,16 +162,26 @@ def run_segment(
     stride: int = 0,
     record=None,
     on_step=None,
+    state_point: StatePoint | None = None,
+    replica: int = 0,
+    segment: str = "equilibration",
+    reference_cell: np.ndarray | None = None,
+    on_blow_up=None,
 ) -> SegmentResult:
     """Advance ``dyn`` by ``n_steps``, recording ``record(atoms)`` every ``stride`` steps.
 
     Every ``config.check_every`` steps (and at the end) the configuration is checked with
-    :func:`blow_up_reason`; an exception raised by the calculator counts as a blow-up too. On a
-    blow-up the frames recorded since the last healthy check are discarded, a warning is
-    issued, and the run continues from that healthy state with the random stream advanced (new
-    noise, so the same blow-up does not repeat). After ``config.max_blow_ups`` it gives up with
-    a RuntimeError. No frame from a broken trajectory is ever returned. ``on_step(dyn)`` is called
-    after every step (monitoring, or tests that inject faults).
+    :func:`blow_up_reason` (kinetic temperature against ``state_point.temperature_K`` if given,
+    cell vector lengths against ``reference_cell`` if given, displacement since the previous
+    check); an exception raised by the calculator counts as a blow-up too. On a blow-up the
+    frames recorded since the last healthy check are discarded, a warning is issued, and the run
+    continues from that healthy state with the random stream advanced (new noise, so the same
+    blow-up does not repeat). After more than ``config.max_blow_ups`` in this segment it gives up
+    with :class:`~difftre_torch.sampling.blowups.MDBlowUpError` naming ``state_point``,
+    ``replica`` and ``segment``. No frame from a broken trajectory is ever returned.
+    ``on_step(dyn)`` is called after every step (monitoring, or tests that inject faults);
+    ``on_blow_up(message)`` with each blow-up's ``"step <k>: <reason>"`` as it happens (so the
+    caller's record includes those of a segment that ends in the error).
     """
     check_every, max_blow_ups = config.check_every, config.max_blow_ups
     start = int(dyn.nsteps)
@@ -174,14 +199,23 @@ def run_segment(
                 on_step(dyn)
             step = int(dyn.nsteps) - start
             due = step % check_every == 0 or dyn.nsteps >= target
-            reason = blow_up_reason(dyn.atoms, config, reference_volume_A3) if due else None
+            reason = None
+            if due:
+                reason = blow_up_reason(
+                    dyn.atoms, config, reference_volume_A3, reference_cell=reference_cell,
+                    temperature_K=None if state_point is None else state_point.temperature_K,
+                    previous=last_good, steps_since=int(dyn.nsteps) - last_good["nsteps"])
         except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             due = True
         if reason is not None:
             blow_ups.append(f"step {int(dyn.nsteps)}: {reason}")
+            if on_blow_up is not None:
+                on_blow_up(blow_ups[-1])
             if len(blow_ups) > max_blow_ups:
-                raise RuntimeError(f"MD blew up {len(blow_ups)} times; last: {reason}")
+                raise too_many_blow_ups("(unnamed)" if state_point is None else state_point.name, replica,
+                                        segment, int(dyn.nsteps), reason, len(blow_ups), max_blow_ups,
+                                        config.timestep_fs)
             warnings.warn(f"MD blow-up ({reason}); discarding {len(frames) - good_count} frame(s) "
                           f"and restarting from step {last_good['nsteps']}", RuntimeWarning)
             discarded += len(frames) - good_count

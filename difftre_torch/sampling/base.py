@@ -52,7 +52,15 @@ class SamplerConfig:
     equilibrates (``equilibration_steps`` in the first round, ``reequilibration_steps`` later,
     since the potential has changed), then records ``snapshots_per_replica`` snapshots
     ``stride`` steps apart. Every ``check_every`` steps each replica is checked for a blow-up
-    (:func:`~difftre_torch.sampling.blowups.blow_up_reasons`). Each field's unit and meaning is
+    (:func:`~difftre_torch.sampling.blowups.blow_up_reasons`: non-finite values, volume, cell
+    vector lengths, close pairs, kinetic temperature, displacement per step) and, if it fails,
+    rolled back to its last healthy check; its start state is checked before the first step
+    (a failure there, or more than ``max_blow_ups`` in one segment, raises
+    :class:`~difftre_torch.sampling.blowups.MDBlowUpError`). The bounds' defaults
+    (``max_temperature_ratio`` 5, ``max_step_displacement_A`` 0.5 Å, ``max_cell_length_ratio`` 2)
+    are far outside a healthy run's fluctuations (the reasoning is in
+    :mod:`~difftre_torch.sampling.blowups`); the checks only read the state, so healthy
+    trajectories do not depend on them. Each field's unit and meaning is
     in its ``metadata["doc"]``; every field is validated on construction (ValueError naming
     ``SamplerConfig.<field>``).
     """
@@ -75,6 +83,15 @@ class SamplerConfig:
         default=0.6, metadata={"doc": "blow-up: two atoms closer than this (Å); 0 turns the check off"})
     max_volume_ratio: float = field(
         default=2.0, metadata={"doc": "blow-up: cell volume outside [V0/r, V0·r] of the start cell's V0 (ratio > 1)"})
+    max_cell_length_ratio: float = field(
+        default=2.0, metadata={"doc": "blow-up: a cell vector's length outside [L0/r, L0·r] of the start cell's "
+                                      "(ratio > 1; with max_volume_ratio it bounds the cell's shape); 0: off"})
+    max_temperature_ratio: float = field(
+        default=5.0, metadata={"doc": "blow-up: kinetic temperature (3N − 3 degrees of freedom) above this "
+                                      "multiple of the state point's temperature_K (> 1); 0: off"})
+    max_step_displacement_A: float = field(
+        default=0.5, metadata={"doc": "blow-up: an atom moved more than this per MD step (Å) since the last "
+                                      "check, the cell's own change taken out; 0: off"})
     check_every: int = field(default=10, metadata={"doc": "MD steps between blow-up checks"})
     seed: int = field(
         default=0, metadata={"doc": "seed of every replica's random stream (with state point and replica index)"})
@@ -85,7 +102,7 @@ class SamplerConfig:
     progress: bool = field(default=True, metadata={"doc": "a progress bar of the MD steps on stderr"})
     max_blow_ups: int = field(
         default=20, metadata={"doc": "blow-ups one replica may have in one equilibration or production "
-                                     "segment before a RuntimeError"})
+                                     "segment before an MDBlowUpError stops the run"})
 
     def __post_init__(self) -> None:
         for name, kind, test, expected in _SAMPLER_CHECKS:
@@ -114,6 +131,9 @@ _SAMPLER_CHECKS = (  # (field, type, test, what the message says is expected); N
     ("stride", int, lambda v: v >= 1, ">= 1"),
     ("min_distance_A", float, lambda v: v >= 0, ">= 0"),
     ("max_volume_ratio", float, lambda v: v > 1, "> 1"),
+    ("max_cell_length_ratio", float, lambda v: v == 0 or v > 1, "> 1, or 0 (off)"),
+    ("max_temperature_ratio", float, lambda v: v == 0 or v > 1, "> 1, or 0 (off)"),
+    ("max_step_displacement_A", float, lambda v: v >= 0, ">= 0"),
     ("check_every", int, lambda v: v >= 1, ">= 1"),
     ("seed", int, lambda v: v >= 0, ">= 0"),
     ("skin_A", float, lambda v: v >= 0, ">= 0"),

@@ -29,10 +29,16 @@ at the interface, K, GPa; cells as rows):
   replicas share its batch;
 * blow-ups (:mod:`difftre_torch.sampling.blowups`, the check the ASE sampler makes too, here
   with the Verlet list's pairs), per replica, every ``check_every`` steps: non-finite values,
-  volume outside the allowed ratio, two atoms closer than ``min_distance_A``. That replica's
-  frames since its last good check are dropped, it restarts from that state with the noise
-  stream moved on (new noise), the event goes to ``blow_ups`` and a warning; the others carry
-  on, and finished replicas wait (unchanged) until every replica has its frames.
+  volume and cell vector lengths outside the allowed ratios, two atoms closer than
+  ``min_distance_A``, kinetic temperature above ``max_temperature_ratio`` × its state point's,
+  an atom displaced more than ``max_step_displacement_A`` per step since the last check (a
+  drift step that gives non-finite positions or cell counts too). That replica's frames since
+  its last good check are dropped, it restarts from that state with the noise stream moved on
+  (new noise), the event goes to ``blow_ups`` and a warning; the others carry on, and finished
+  replicas wait (unchanged) until every replica has its frames. More than ``max_blow_ups`` of
+  one replica in one segment (equilibration or production), or a start state that already
+  fails (checked when a round starts, before any force call), raise
+  :class:`~difftre_torch.sampling.blowups.MDBlowUpError`.
 * ``state_dict()`` holds positions, momenta, cells, cell momenta, generator states and the step
   count; a restored sampler continues bit for bit on the same device type.
 
@@ -89,7 +95,7 @@ from difftre_torch.sampling.integrators import (
     maxwell_boltzmann_momenta,
 )
 from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
-from difftre_torch.sampling.blowups import blow_up_reasons
+from difftre_torch.sampling.blowups import bad_start, blow_up_reasons, too_many_blow_ups
 from difftre_torch.sampling.noise import ReplicaNoise, replica_seed
 
 
@@ -205,6 +211,7 @@ class BatchedSampler:
         if cutoff > 0:  # always rebuilt at the start of a round (exact restores depend on it)
             verlet = verlet_list(self.state.positions, self.state.cells, cutoff, self.config.skin_A,
                                  full=request[1] if request else False)
+        self._check_start(verlet)
         numbers = torch.as_tensor(self.template.numbers, dtype=torch.long, device=device)
         ctx = _Round(potential, params, numbers, request, verlet, params.any_barostat)
         # forces (and f_ε) of the current state under this round's potential, as AseSampler does
@@ -214,6 +221,25 @@ class BatchedSampler:
             volume = det3(self.state.cells).abs()
             self.state.cell_force = cell_force(self.state.momenta, stress, volume, params)
         return ctx
+
+    def _check_start(self, verlet: VerletList | None) -> None:
+        """Raise :class:`~difftre_torch.sampling.blowups.MDBlowUpError` for the first replica
+        whose current (start) state fails the structural checks: there is nothing to roll back
+        to. ``verlet``: the round's fresh Verlet list (its pairs cover ``min_distance_A``)."""
+        cfg, state = self.config, self.state
+        reasons = blow_up_reasons(
+            state.positions, state.momenta, state.cells, self.reference_volume_A3,
+            min_distance_A=cfg.min_distance_A, max_volume_ratio=cfg.max_volume_ratio,
+            pairs=None if verlet is None else verlet.pairs, reference_cell=self._reference_cell(),
+            max_cell_length_ratio=cfg.max_cell_length_ratio)
+        for k, reason in enumerate(reasons):
+            if reason is not None:
+                p, r = self.replicas[k]
+                raise bad_start(self.state_points[p].name, r, reason)
+
+    def _reference_cell(self) -> torch.Tensor:
+        """The start cell [3, 3] Å (rows), on the replicas' device."""
+        return torch.as_tensor(self.template.cell.array, dtype=torch.float64, device=self.state.cells.device)
 
     # ------------------------------------------------------------------ one step
 
@@ -261,12 +287,16 @@ class BatchedSampler:
 
     # ------------------------------------------------------------------ a segment
 
-    def _run(self, ctx: _Round, n_steps: int, stride: int = 0, n_frames: int = 0, on_step=None) -> dict:
+    def _run(self, ctx: _Round, n_steps: int, stride: int = 0, n_frames: int = 0, on_step=None,
+             segment: str = "equilibration") -> dict:
         """Advance every replica by ``n_steps``, recording a frame every ``stride`` steps (up to
-        ``n_frames``), with per-replica blow-up checks and restarts (module docstring)."""
+        ``n_frames``), with per-replica blow-up checks and restarts (module docstring).
+        ``segment`` names the segment in the error after too many blow-ups."""
         cfg = self.config
         R, N = self.n_replicas, len(self.template)
         device = self.state.positions.device
+        reference_cell = self._reference_cell()
+        targets_K = ctx.params.kT / units.kB
         steps = np.zeros(R, dtype=np.int64)
         count = np.zeros(R, dtype=np.int64)
         frames = torch.empty(R, n_frames, N, 3, dtype=torch.float64, device=device)
@@ -307,7 +337,16 @@ class BatchedSampler:
                 reasons = blow_up_reasons(
                     self.state.positions, self.state.momenta, self.state.cells, self.reference_volume_A3,
                     min_distance_A=cfg.min_distance_A, max_volume_ratio=cfg.max_volume_ratio,
-                    pairs=None if ctx.verlet is None else ctx.verlet.pairs)
+                    pairs=None if ctx.verlet is None else ctx.verlet.pairs,
+                    reference_cell=reference_cell, max_cell_length_ratio=cfg.max_cell_length_ratio,
+                    masses=ctx.params.masses, temperature_K=targets_K,
+                    max_temperature_ratio=cfg.max_temperature_ratio,
+                    previous_positions=good.positions, previous_cells=good.cells,
+                    steps_since=torch.as_tensor(steps - good_steps),
+                    max_step_displacement_A=cfg.max_step_displacement_A)
+                # a drift to non-finite positions or cell was undone by _step: still a blow-up
+                reasons = [reason if reason is not None or not f else "non-finite positions, momenta or cell"
+                           for reason, f in zip(reasons, forced)]
             else:  # the potential failed for the whole batch: every replica that moved is suspect
                 reasons = [error if a else None for a in active]
             since_check = 0
@@ -318,7 +357,8 @@ class BatchedSampler:
                 message = f"{self.state_points[p].name}/replica {r}: step {int(steps[k])}: {reasons[k]}"
                 self.blow_ups.append(message)
                 if blow_count[k] > cfg.max_blow_ups:
-                    raise RuntimeError(f"MD blew up {blow_count[k]} times; last: {message}")
+                    raise too_many_blow_ups(self.state_points[p].name, r, segment, int(steps[k]), reasons[k],
+                                            int(blow_count[k]), cfg.max_blow_ups, cfg.timestep_fs)
                 warnings.warn(f"MD blow-up ({message}); discarding {int(count[k] - good_count[k])} frame(s) "
                               f"and restarting from step {int(good_steps[k])}", RuntimeWarning)
                 discarded += int(count[k] - good_count[k])
@@ -357,7 +397,7 @@ class BatchedSampler:
         try:
             warm = self._run(ctx, equilibration, on_step=step)
             prod = self._run(ctx, cfg.snapshots_per_replica * cfg.stride, cfg.stride,
-                             cfg.snapshots_per_replica, on_step=step)
+                             cfg.snapshots_per_replica, on_step=step, segment="production")
         finally:
             bar.close()
         out_device, out_dtype = potential_device_dtype(potential)

@@ -23,6 +23,7 @@ from ase import Atoms
 from difftre_torch.potentials.ase_calculator import PotentialCalculator, potential_device_dtype
 from difftre_torch.potentials.base import Potential
 from difftre_torch.sampling.ase_md import (
+    blow_up_reason,
     build_integrator,
     initialise_velocities,
     integrator_state,
@@ -30,6 +31,7 @@ from difftre_torch.sampling.ase_md import (
     run_segment,
 )
 from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
+from difftre_torch.sampling.blowups import bad_start
 
 
 class AseSampler:
@@ -56,10 +58,16 @@ class AseSampler:
         return np.random.SeedSequence([self.config.seed, point, replica])
 
     def sample(self, potential: Potential, on_step=None) -> list[RawSamples]:
-        """One round: every replica of every state point, with ``potential`` driving the MD."""
+        """One round: every replica of every state point, with ``potential`` driving the MD.
+        ``on_step(point index, replica index, dyn)`` is called after every step (tests inject
+        faults with it). Each replica's start state is checked first, then every
+        ``check_every`` steps (:func:`~difftre_torch.sampling.ase_md.run_segment`);
+        :class:`~difftre_torch.sampling.blowups.MDBlowUpError` for a start that fails or for
+        more than ``max_blow_ups`` blow-ups of one replica in one segment."""
         device, dtype = potential_device_dtype(potential)
         out = []
         cfg = self.config
+        reference_cell = self.template.cell.array
         for p, point in enumerate(self.state_points):
             positions, cells, replicas = [], [], []
             t0 = time.perf_counter()
@@ -75,6 +83,10 @@ class AseSampler:
                 dyn = build_integrator(atoms, cfg, point, rng)
                 if saved is not None:
                     restore_integrator_state(dyn, saved)
+                reason = blow_up_reason(atoms, cfg, self.reference_volume_A3, reference_cell=reference_cell)
+                if reason is not None:  # the start state cannot be rolled back to
+                    raise bad_start(point.name, r, reason)
+                if saved is not None:
                     _refresh_cached_forces(dyn)  # they belong to the previous potential
                 equilibration = cfg.equilibration_steps if saved is None else cfg.reequilibration_steps
                 bar = progress_bar(cfg, equilibration + cfg.snapshots_per_replica * cfg.stride,
@@ -85,12 +97,17 @@ class AseSampler:
                     if on_step is not None:
                         on_step(p, r, d)
 
-                seg = run_segment(dyn, equilibration, cfg, self.reference_volume_A3, on_step=hook)
-                self.blow_ups += [f"{point.name}/replica {r}: {b}" for b in seg.blow_ups]
-                prod = run_segment(dyn, cfg.snapshots_per_replica * cfg.stride, cfg, self.reference_volume_A3,
-                                   stride=cfg.stride, record=_record, on_step=hook)
-                bar.close()
-                self.blow_ups += [f"{point.name}/replica {r}: {b}" for b in prod.blow_ups]
+                def record_blow_up(message, name=point.name, r=r):  # as it happens: kept if the run stops
+                    self.blow_ups.append(f"{name}/replica {r}: {message}")
+
+                checks = dict(state_point=point, replica=r, reference_cell=reference_cell, on_blow_up=record_blow_up)
+                try:
+                    seg = run_segment(dyn, equilibration, cfg, self.reference_volume_A3, on_step=hook, **checks)
+                    prod = run_segment(dyn, cfg.snapshots_per_replica * cfg.stride, cfg, self.reference_volume_A3,
+                                       stride=cfg.stride, record=_record, on_step=hook, segment="production",
+                                       **checks)
+                finally:
+                    bar.close()
                 discarded += seg.discarded + prod.discarded
                 for pos, cell, temp in prod.frames:
                     positions.append(pos)

@@ -43,20 +43,64 @@ def build_system(job: JobConfig) -> Atoms:
     from ase.io import read
 
     path = _file(job, job.system.structure, "system.structure")
+    if path.is_dir():
+        raise ConfigError(f"{job.source}: system.structure: {path} is a folder; expected a structure file")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{job.source}: system.structure: {path} is empty; expected a structure file")
     try:
         atoms = read(path, index=job.system.index)
     except Exception as exc:  # ase.io raises many kinds
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        reason = " ".join(str(exc).split()) or "its format was not recognised or the file is cut short"
         raise ConfigError(f"{job.source}: system.structure: {path} frame {job.system.index} could not be read by "
                           f"ase.io ({reason})") from None
     if not isinstance(atoms, Atoms):
         raise ConfigError(f"{job.source}: system.structure: {path} frame {job.system.index} is not one structure")
-    if not atoms.pbc.all() or atoms.cell.rank < 3:  # before the repeat, which needs the cell
-        raise ConfigError(f"{job.source}: system.structure: {path} must be periodic in 3D with a full cell")
+    check_structure(atoms, f"{job.source}: system.structure: {path}", job.sampler.min_distance_A,
+                    int(np.prod(job.system.repeat)))
     if tuple(job.system.repeat) != (1, 1, 1):
         atoms = atoms.repeat(tuple(job.system.repeat))
     atoms.calc = None
     return atoms
+
+
+def check_structure(atoms: Atoms, where: str, min_distance_A: float, copies: int = 1) -> None:
+    """The start structure can be sampled: atoms of known elements at finite positions, at least
+    2 of them once repeated (``copies``: the cells of ``system.repeat``), periodic in 3D with a
+    cell of volume > 0 (both samplers need it, and so does the repeat), and no two atoms,
+    periodic images included, closer than ``min_distance_A`` (``sampler.min_distance_A``, the
+    blow-up distance: such a start would stop at the first check; 0 skips this). Any cell size
+    is fine otherwise: the potentials and neighbour lists see periodic images. Atom indices are
+    the file's (0-based). Raises :class:`ConfigError` starting with ``where``."""
+    from ase.data import chemical_symbols
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) * copies < 2:
+        raise ConfigError(f"{where}: holds {len(atoms)} atom(s)" + (f" ({copies} with system.repeat)" if copies > 1
+                          else "") + "; expected at least 2 (or a system.repeat that makes them)")
+    unknown = [(k, int(z)) for k, z in enumerate(atoms.numbers) if not 1 <= z < len(chemical_symbols)]
+    if unknown:
+        k, z = unknown[0]
+        raise ConfigError(f"{where}: atom {k} has no known element (atomic number {z}, symbol "
+                          f"{atoms.get_chemical_symbols()[k]!r}); expected elements H … Og")
+    if not np.isfinite(atoms.positions).all():
+        k = int(np.nonzero(~np.isfinite(atoms.positions).all(axis=1))[0][0])
+        raise ConfigError(f"{where}: atom {k} has a position that is not finite ({atoms.positions[k].tolist()})")
+    if not atoms.pbc.all():
+        raise ConfigError(f"{where}: must be periodic in 3D with a full cell; pbc is "
+                          f"{[bool(b) for b in atoms.pbc]} (set pbc=\"T T T\" and a Lattice)")
+    volume = abs(float(np.linalg.det(atoms.cell.array))) if atoms.cell.rank == 3 else 0.0
+    if not np.isfinite(atoms.cell.array).all() or volume < 1e-6 * max(float(atoms.cell.lengths().max()), 1.0) ** 3:
+        raise ConfigError(f"{where}: must be periodic in 3D with a full cell; its cell vectors (rows, Å) "
+                          f"{np.round(atoms.cell.array, 4).tolist()} span a volume of {volume:.3g} Å³")
+    if min_distance_A > 0:
+        first, second, distance = neighbor_list("ijd", atoms, min_distance_A, self_interaction=False)
+        if len(distance):
+            k = int(np.argmin(distance))
+            i, j, d = int(first[k]), int(second[k]), float(distance[k])
+            pair = f"atom {i} and its own periodic image" if i == j else f"atoms {min(i, j)} and {max(i, j)}"
+            raise ConfigError(f"{where}: {pair} are {d:.3f} Å apart, closer than sampler.min_distance_A = "
+                              f"{min_distance_A:g} Å (the MD would stop at once as a blow-up); fix the structure "
+                              "or lower sampler.min_distance_A")
 
 
 def build_base_potential(job: JobConfig, path: Path | None = None) -> torch.nn.Module:
@@ -73,8 +117,30 @@ def build_base_potential(job: JobConfig, path: Path | None = None) -> torch.nn.M
         return kind.build(job.potential.options, resolve)
     except ConfigError:
         raise
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"{job.source}: potential: the {job.potential.kind} model could not be loaded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch, pickle, zipfile and the model libraries raise many kinds
+        model_path = getattr(job.potential.options, "path", None)
+        if path is not None:
+            what = f"potential: the refined model {path}"
+        elif model_path is not None:
+            what = f"potential.path: {job.resolve(model_path)}"
+        else:
+            what = "potential"
+        raise ConfigError(f"{job.source}: {what}: could not be loaded as a {job.potential.kind} model "
+                          f"({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why a model file did not load, in one short line without exception class names."""
+    import pickle
+    import zipfile
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError)) or not text:
+        return "the file is empty, cut short or in another format"
+    if isinstance(exc, FileNotFoundError):
+        return text
+    first = text.split(". ", 1)[0].rstrip(".")
+    return first if len(first) <= 240 else first[:237] + "..."
 
 
 def _load_state_file(path: Path, fresh) -> torch.nn.Module:
@@ -167,15 +233,24 @@ def _json_target(job: JobConfig, entry: TargetEntry, path: Path, where: str) -> 
     n = len(str(entry.options.get("axes", "abc"))) if entry.observable == "lattice_length" else 1
     value, sigma = values
     return Target(entry.name, entry.observable, [value] * n, sigma=None if sigma is None or not entry.use_sigma
-                  else [sigma] * n, weight=entry.weight, state_point=entry.state_point, options=dict(entry.options))
+                  else [sigma] * n, weight=entry.weight, state_point=entry.state_point, options=dict(entry.options),
+                  source=str(path))
 
 
 def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
     """One :class:`Target` from a config entry: file or inline values, cropped to ``x_range``,
-    σ floored in quadrature, options checked by the observable's options dataclass."""
+    σ floored in quadrature, options checked by the observable's options dataclass. A file's
+    target comes from :meth:`~difftre_torch.experiment.data.ExperimentalData.to_target`: its
+    function must be ``observable``, its header's declarations agree with the options, and its σ
+    follows ``use_sigma``/``sigma_floor``."""
+    from difftre_torch.experiment.checks import check_observable
     from difftre_torch.experiment.readers import read_experiment
     from difftre_torch.observables.options import OptionsError
 
+    for key in entry.options:
+        if key in _TARGET_FIELDS:
+            raise ConfigError(f"{where}.options.{key}: {key} is a field of the target, not an option of the "
+                              f"observable; write it beside `observable`")
     try:
         if entry.file is not None:
             path = job.resolve(entry.file)
@@ -186,24 +261,27 @@ def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
             data = read_experiment(path, function=entry.function)
             if entry.x_range is not None:  # crop first: points outside the range never reach the options check
                 lo, hi = entry.x_range
-                inside = (data.x >= lo) & (data.x <= hi)
-                if int(inside.sum()) < 2:
-                    raise ConfigError(f"{where}.x_range: {entry.x_range} keeps {int(inside.sum())} point(s) of the "
+                inside = int(((data.x >= lo) & (data.x <= hi)).sum())
+                if inside < 2:
+                    raise ConfigError(f"{where}.x_range: {entry.x_range} keeps {inside} point(s) of the "
                                       f"grid [{float(data.x[0]):g}, {float(data.x[-1]):g}] of {path}; expected a "
                                       "range inside it")
-                data = replace(data, x=data.x[inside], values=data.values[inside],
-                               sigma=None if data.sigma is None else data.sigma[inside])
-            target = data.to_target(entry.name, weight=entry.weight, state_point=entry.state_point, **entry.options)
-            if target.observable != entry.observable:
-                raise ConfigError(f"{where}.observable: {entry.observable!r}, but {path} holds {target.observable!r} "
-                                  f"(its function); set observable: {target.observable} or give the file that "
-                                  f"holds {entry.observable!r}")
+                data = data.crop(entry.x_range)
+            if data.function != entry.observable:  # the file's own word on its function, with its line
+                try:
+                    check_observable(data, entry.observable)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}.observable: {exc}") from None
+            target = data.to_target(entry.name, weight=entry.weight, state_point=entry.state_point,
+                                    observable=entry.observable, use_sigma=entry.use_sigma,
+                                    sigma_floor=entry.sigma_floor, **entry.options)
+            sigma = target.sigma  # the file's σ as use_sigma and sigma_floor say
         else:
             target = Target(entry.name, entry.observable, entry.values, x=entry.x, sigma=entry.sigma,
                             weight=entry.weight, state_point=entry.state_point, options=dict(entry.options))
-        sigma = target.sigma
-        if sigma is not None and entry.use_sigma and (entry.sigma_floor > 0 or entry.file is not None):
-            sigma = torch.sqrt(sigma**2 + entry.sigma_floor**2)
+            sigma = target.sigma
+            if sigma is not None and entry.sigma_floor > 0:
+                sigma = torch.sqrt(sigma**2 + entry.sigma_floor**2)
         if not entry.use_sigma:
             sigma = None
         keep = torch.ones_like(target.values, dtype=torch.bool)
@@ -217,7 +295,8 @@ def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
                                   f"[{float(target.x[0]):g}, {float(target.x[-1]):g}]; expected a range inside it")
         return Target(target.name, target.observable, target.values[keep],
                       None if target.x is None else target.x[keep], None if sigma is None else sigma[keep],
-                      target.weight, target.state_point, dict(target.options))
+                      target.weight, target.state_point, dict(target.options), source=target.source,
+                      composition=target.composition)
     except ConfigError:
         raise
     except OptionsError as exc:  # the observable's options (config or file header) do not fit it
@@ -226,8 +305,31 @@ def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_targets(job: JobConfig, entries: list[TargetEntry], section: str = "targets") -> list[Target]:
-    return [build_target(job, e, f"{job.source}: {section}[{k}] ({e.name})") for k, e in enumerate(entries)]
+_TARGET_FIELDS = ("name", "weight", "state_point", "observable", "use_sigma", "sigma_floor")
+"""Arguments of ``to_target`` beside the observable's options: never an option's name."""
+
+
+def build_targets(job: JobConfig, entries: list[TargetEntry], section: str = "targets", atoms: Atoms | None = None,
+                  notes: list[str] | None = None) -> list[Target]:
+    """The targets of ``entries`` (:func:`build_target`), each checked against the structure
+    ``atoms`` (default: :func:`build_system`) by
+    :func:`~difftre_torch.experiment.checks.check_target_against_system`: the file's composition,
+    ``options.pair``'s species. Its notes (true, not errors) are appended to ``notes``."""
+    from difftre_torch.experiment.checks import check_target_against_system
+
+    atoms = build_system(job) if atoms is None else atoms
+    targets = []
+    for k, entry in enumerate(entries):
+        where = f"{job.source}: {section}[{k}] ({entry.name})"
+        target = build_target(job, entry, where)
+        try:
+            found = check_target_against_system(target, atoms, where)
+        except ValueError as exc:  # TargetCheckError: "<where>: <file>: <field>: expected …, got …"
+            raise ConfigError(" ".join(str(exc).split())) from None
+        if notes is not None:
+            notes.extend(found)
+        targets.append(target)
+    return targets
 
 
 def comparable(targets: list[Target], point: StatePointEntry) -> list[Target]:
@@ -361,12 +463,15 @@ def check_job(job: JobConfig, load_models: bool = True) -> list[str]:
     atoms = build_system(job)
     lines.append(f"  system: {len(atoms)} atoms ({atoms.get_chemical_formula()}), cell "
                  + " × ".join(f"{x:.3f}" for x in atoms.cell.lengths()) + " Å")
-    fit = build_targets(job, job.targets)
-    report = build_targets(job, compare_entries(job), "compare.targets" if job.compare.targets is not None else "targets")
+    notes: list[str] = []
+    fit = build_targets(job, job.targets, atoms=atoms, notes=notes)
+    report = build_targets(job, compare_entries(job), "compare.targets" if job.compare.targets is not None else "targets",
+                           atoms=atoms, notes=notes)
     for k, point in enumerate(job.state_points):
         if point.cell == "targets":
             cell_at_targets(atoms, fit + report, f"{job.source}: state_points[{k}] ({point.name}).cell")
     lines.append(f"  targets: {', '.join(f'{t.name} ({t.observable}, {t.values.shape[0]} values)' for t in fit)}")
+    lines.extend(f"  note: {note}" for note in dict.fromkeys(notes))
     if load_models:
         potential = build_potential(job, atoms)
         n = sum(p.numel() for p in potential.parameters() if p.requires_grad)
@@ -396,5 +501,7 @@ def check_job(job: JobConfig, load_models: bool = True) -> list[str]:
     if job.trainer.updates > 0:
         lines.append(f"  refinement: {job.trainer.updates} updates for λ = "
                      + ", ".join(f"{x:g}" for x in job.lambdas))
+    else:
+        lines.append("  refinement: none (trainer.updates: 0): the base model is compared and evaluated only")
     lines.append(f"  output: {job.out_dir}")
     return lines

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from difftre_torch.checkpoint import LockHeld, atomic_write_json, run_lock
+from difftre_torch.checkpoint import LockHeld, atomic_write_json, remove_stale_temp_files, run_lock
 from difftre_torch.config import ConfigError, JobConfig
 
 STEPS = ("structure_base", "refine", "structure_refined", "evaluate", "report")
@@ -118,6 +118,7 @@ class Pipeline:
         if fresh:
             clear_outputs(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.out, recursive=True)  # of writes a killed process left
         check_inputs(self.out, input_fingerprint(job))
         for step in self.redo:
             (self.out / "steps" / f"{step}.json").unlink(missing_ok=True)
