@@ -6,7 +6,7 @@ Two settings matter on a CPU:
   thread that finishes its share of a parallel region spins, waiting for its siblings. When
   another process holds one of the cores, a sibling is descheduled, and every small parallel
   region waits a whole scheduler time slice for it: small tensor operations then ran ~240×
-  slower with 2 threads than with 1 (benchmarks/RESULTS.md, "threads"). ``OMP_WAIT_POLICY=PASSIVE``
+  slower with 2 threads than with 1. ``OMP_WAIT_POLICY=PASSIVE``
   makes waiting threads sleep instead. It must be in the environment before the OpenMP runtime
   starts (before ``import torch``): :func:`prepare_openmp` sets it unless the user chose a policy.
 * **the intra-op thread count.** One MD step's tensors (a few hundred atoms) are too small for a
@@ -24,7 +24,10 @@ import os
 from dataclasses import dataclass
 
 SMALL_WORK_ATOMS = 4096
-"""Atoms evaluated per MD step (atoms × replicas in one batch) below which one thread is used."""
+"""Atoms evaluated per MD step (atoms × replicas in one batch) below which one thread is used.
+At 224 atoms (the quick g-C3N4 job, NequIP) a second thread gained 14 % on idle cores and lost
+several-fold beside a busy process; where the crossover lies for bigger batches is not measured,
+so this bound is a conservative choice: ``--threads`` sets the count for a known-large job."""
 
 THREADS_ENV = "DIFFTRE_THREADS"
 """Environment variable that fixes the thread count (as ``--threads`` does)."""
