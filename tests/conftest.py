@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from difftre_torch.testing import package_build, tiny_cn_frames, train_tiny_nequip
 
@@ -28,3 +29,13 @@ def tiny_nequip_package(tiny_nequip_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint through ``nequip-package build`` (.nequip.zip), built once."""
     return package_build(tiny_nequip_checkpoint, tmp_path_factory.mktemp("pkg") / "tiny.nequip.zip")
 
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test (the thread count restored after): small tensors, and
+    no oversubscription when the suite shares its cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

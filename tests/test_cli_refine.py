@@ -29,12 +29,7 @@ SIGMA_A, EPSILON_EV, CUTOFF_A = 2.5, 0.1, 5.0  # nearest neighbours at 2.8 Ã… â‰
 LATTICE_A = 5.6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_job(folder: Path) -> Path:

@@ -30,12 +30,7 @@ SIGMA_A, EPSILON_EV, CUTOFF_A = 2.5, 0.1, 5.0
 LATTICE_A = 5.6  # rock-salt cube edge (Å); 8 atoms, repeated 2 × 2 × 2 by the config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _smooth_g(r: np.ndarray) -> np.ndarray:

@@ -61,12 +61,7 @@ LEAK = re.compile(r"Traceback|internal error|\b[A-Z]\w*(?:Error|Exception)\b|\bS
 ENTRY_NAME = re.compile(r"(\w\[\d+\]) \([^)]*\)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- the files

@@ -20,12 +20,7 @@ from difftre_torch.sampling.blowups import MDBlowUpError, blow_up_reasons
 from difftre_torch.sampling.sampler import AseSampler
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- blow_up_reasons
