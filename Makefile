@@ -1,11 +1,14 @@
 # Set-up and the two commands of the README. `make run` and `make test` create the virtualenv on
 # first use: torch first (the CPU build on CPU machines; pip takes it from this disk where it lies
-# there), then the package with its test and world extras (chgnet, dftd3: the stand-in world's
-# generator tests run the real calculators) with constraints.txt so that no dependency replaces
-# that torch.
+# there), then the package with its test, world (chgnet, dftd3: the stand-in world's generator
+# tests run the real calculators) and deepmd extras, with constraints.txt so that no dependency
+# replaces that torch. DeePMD-kit is built from its sdist against this torch (the PyPI wheel's
+# operators are built for another torch; about two minutes on 2 cores, once: pip caches the
+# wheel); PIP_CONSTRAINT holds torch in the build's own environment too.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEEPMD_BUILD := DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 DP_ENABLE_PYTORCH=1
 
 .PHONY: setup run run-lj test test-slow world-setup gc3n4
 
@@ -14,7 +17,8 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml difftre_torch/__ini
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,world]"
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(DEEPMD_BUILD) $(PY) -m pip install --quiet --no-binary deepmd-kit \
+		-c constraints.txt -e ".[test,world,deepmd]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -34,4 +38,5 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow $(ARGS)
 
 world-setup: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,world]"
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(DEEPMD_BUILD) $(PY) -m pip install --quiet --no-binary deepmd-kit \
+		-c constraints.txt -e ".[test,world,deepmd]"

@@ -209,3 +209,56 @@ def calculator_results(calc, atoms) -> tuple:
     with torch_default_dtype(torch.float64):
         return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
 
+
+
+TINY_DEEPMD_DESCRIPTION = "DeePMD-kit se_e2_a (dp --pt train, 4 steps, float64, r_c 4 Å, nets [4, 8] / [8])"
+
+
+def write_deepmd_npy(frames, out: str | Path, type_map: tuple[str, ...] = ("C", "N")) -> list[Path]:
+    """Labelled ASE frames as ``deepmd/npy`` system folders under ``out`` (dpdata, one per
+    formula); returns the folders."""
+    import dpdata
+
+    systems = dpdata.MultiSystems(type_map=list(type_map))
+    for atoms in frames:
+        systems.append(dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=list(type_map)))
+    systems.to_deepmd_npy(str(out))
+    return sorted(p for p in Path(out).iterdir() if p.is_dir())
+
+
+def tiny_deepmd_input(systems: list[str], steps: int = 4, precision: str = "float64") -> dict:
+    """DeePMD-kit's training input of the tiny model (se_e2_a, r_c 4 Å)."""
+    return {
+        "model": {"type_map": ["C", "N"],
+                  "descriptor": {"type": "se_e2_a", "rcut": 4.0, "rcut_smth": 0.5, "sel": [40, 40],
+                                 "neuron": [4, 8], "axis_neuron": 4, "precision": precision, "seed": 1},
+                  "fitting_net": {"neuron": [8], "precision": precision, "seed": 1}},
+        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 2},
+        "loss": {"type": "ener", "start_pref_e": 1, "limit_pref_e": 1, "start_pref_f": 10, "limit_pref_f": 10},
+        "training": {"training_data": {"systems": systems, "batch_size": 1}, "numb_steps": steps,
+                     "seed": 1, "disp_freq": steps, "save_freq": steps},
+    }
+
+
+def dp_cli(*args: str, cwd: str | Path) -> None:
+    """``dp <args>`` of this interpreter in ``cwd``; RuntimeError with its output on failure."""
+    dp = Path(sys.executable).parent / "dp"
+    result = subprocess.run([str(dp if dp.exists() else "dp"), *args], cwd=cwd, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
+    if result.returncode != 0:
+        raise RuntimeError(f"dp {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def train_tiny_deepmd(root: str | Path, frames=None, *, steps: int = 4) -> tuple[Path, Path]:
+    """``dp --pt train`` of the tiny se_e2_a model on ``frames`` (default :func:`tiny_cn_frames`,
+    as deepmd/npy in ``root/data``), then ``dp --pt freeze``; returns (checkpoint
+    ``root/model.ckpt-<steps>.pt``, frozen ``root/tiny.pth``). About 15 s on 2 CPU cores."""
+    import json
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    systems = write_deepmd_npy(tiny_cn_frames() if frames is None else frames, root / "data")
+    (root / "input.json").write_text(json.dumps(tiny_deepmd_input([str(s) for s in systems], steps), indent=1))
+    dp_cli("--pt", "train", "input.json", cwd=root)
+    dp_cli("--pt", "freeze", "-c", ".", "-o", "tiny.pth", cwd=root)
+    return root / f"model.ckpt-{steps}.pt", root / "tiny.pth"

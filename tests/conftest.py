@@ -25,6 +25,16 @@ def cn_frames():
 
 
 @pytest.fixture(scope="session")
+def tiny_deepmd(tmp_path_factory) -> tuple[Path, Path]:
+    """A real ``dp --pt train`` checkpoint and its ``dp --pt freeze`` .pth (see
+    :func:`difftre_torch.testing.train_tiny_deepmd`); ~15 s."""
+    pytest.importorskip("deepmd")
+    from difftre_torch.testing import train_tiny_deepmd
+
+    return train_tiny_deepmd(tmp_path_factory.mktemp("tiny_deepmd"))
+
+
+@pytest.fixture(scope="session")
 def tiny_nequip_package(tiny_nequip_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint through ``nequip-package build`` (.nequip.zip), built once."""
     return package_build(tiny_nequip_checkpoint, tmp_path_factory.mktemp("pkg") / "tiny.nequip.zip")

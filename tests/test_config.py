@@ -591,3 +591,17 @@ def test_one_atom_cell_repeated_passes(folder, capsys):
     code, out, err = check(capsys, write_config(folder, config))
     assert code == 0, err
     assert "system: 27 atoms (Na27)" in out
+
+
+def test_extends_with_another_kind_replaces_the_section(folder):
+    """A section naming another ``kind`` than its base's replaces it whole (the base kind's
+    options would be unknown to the new one); the same kind merges key by key."""
+    write_config(folder, base_config(), "base.yaml")
+    child = {"extends": "base.yaml", "potential": {"kind": "deepmd", "path": "model.pth"}}
+    from difftre_torch.config.parse import read_mapping
+
+    merged = read_mapping(write_config(folder, child, "child.yaml"))
+    assert merged["potential"] == {"kind": "deepmd", "path": "model.pth"}
+    same = {"extends": "base.yaml", "potential": {"kind": "lennard_jones", "sigma_A": 3.0}}
+    merged = read_mapping(write_config(folder, same, "same.yaml"))
+    assert merged["potential"]["sigma_A"] == 3.0 and merged["potential"]["epsilon_eV"] == EPSILON_EV

@@ -297,10 +297,14 @@ def yaml_error(exc: Exception) -> str:
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` over ``base``: mappings merge key by key, anything else replaces."""
+    """``override`` over ``base``: mappings merge key by key, anything else replaces. A mapping
+    that names another ``kind`` than the base's (``potential: {kind: deepmd, ...}`` over a nequip
+    one) replaces it whole: another kind has other options."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        other_kind = isinstance(value, dict) and isinstance(out.get(key), dict) and \
+            value.get("kind", out[key].get("kind")) != out[key].get("kind")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not other_kind:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -166,13 +166,23 @@ class TargetEntry:
 class ForceMatchingSection:
     """Labelled reference frames (DFT) for the force-matching term λ · L_FM."""
 
-    file: str = doc("frames with energy (eV) and forces (eV/Å): extxyz or anything ase.io reads")
+    file: str = doc("frames with energy (eV) and forces (eV/Å): extxyz or anything ase.io reads, or a "
+                    "folder of DeePMD-kit deepmd/npy or deepmd/raw systems")
     scan: list[float] = doc("further force-matching weights λ, each refined as its own model "
                             "(the main λ is trainer.force_matching_weight)", default_factory=list)
+    type_map: list[str] | None = doc("element symbols of DeePMD data types in type order, where the "
+                                     "systems have no type_map.raw (null: theirs, else a DeePMD model's)",
+                                     default=None)
+    max_frames: int | None = doc("use a random subset of this many frames (null: all)", default=None)
+    seed: int = doc("seed of that subset", default=0)
 
     def __post_init__(self) -> None:
         require("file", bool(self.file.strip()), "a file name", self.file)
         require("scan", all(x >= 0 for x in self.scan), "weights λ >= 0", self.scan)
+        require("max_frames", self.max_frames is None or self.max_frames >= 1, "a frame count >= 1 or null",
+                self.max_frames)
+        require("type_map", self.type_map is None or (len(self.type_map) > 0 and all(
+            isinstance(t, str) and t.strip() for t in self.type_map)), "a list of element symbols", self.type_map)
 
 
 @dataclass

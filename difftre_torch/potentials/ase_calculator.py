@@ -18,6 +18,10 @@ from difftre_torch.potentials.base import Potential, evaluate
 def potential_device_dtype(potential: Potential) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of a potential's first parameter or buffer (CPU/float64 if none)."""
     if isinstance(potential, torch.nn.Module):
+        data_dtype = getattr(potential, "data_dtype", None)  # a model that takes float64 data whatever it computes in
+        if isinstance(data_dtype, torch.dtype):
+            for tensor in list(potential.parameters()) + list(potential.buffers()):
+                return tensor.device, data_dtype
         for tensor in list(potential.parameters()) + list(potential.buffers()):
             if tensor.is_floating_point():
                 return tensor.device, tensor.dtype

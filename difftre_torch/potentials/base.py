@@ -16,6 +16,10 @@ F = −∂U/∂x and the stress (ASE sign convention) σ = (1/V) ∂U/∂ε, whe
 W = −V σ (eV); for a pair potential W = Σ_pairs r_ij ⊗ f_ij with f_ij the force on j.
 With ``create_graph=True`` the forces and stress stay differentiable in θ (force matching,
 pressure targets).
+
+A potential whose model derives its own forces and stress in the same pass (DeePMD-kit) may
+offer ``evaluate_native(positions, cell, numbers, *, forces, stress, create_graph) -> Evaluation``
+with these same conventions; :func:`evaluate` then uses it instead of a second backward.
 """
 
 from __future__ import annotations
@@ -93,6 +97,9 @@ def evaluate(
             f"evaluate: expected positions [B,N,3] and cell [B,3,3], got "
             f"{tuple(positions.shape)} and {tuple(cell.shape)}"
         )
+    native = getattr(potential, "evaluate_native", None)
+    if native is not None:
+        return native(positions, cell, numbers, forces=forces, stress=stress, create_graph=create_graph)
     x = positions.detach().requires_grad_(forces)
     h = cell.detach()
     strain = None

@@ -29,7 +29,7 @@ Units: Å, eV. Cells are rows. The pair list is a half list searched here, or a 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -194,6 +194,22 @@ class CorrectedPotential(nn.Module):
         base_cut = getattr(base, "r_max_A", None) or getattr(base, "cutoff_A", None)
         self.base_takes_pairs = base_cut is not None and takes_pairs(base)
         self.r_max_A = max(float(base_cut or 0.0), correction.cutoff_A)
+        self.data_dtype = getattr(base, "data_dtype", None)
+        if hasattr(base, "evaluate_native"):  # the base derives its own forces (DeePMD-kit)
+            self.evaluate_native = self._evaluate_native
+
+    def _evaluate_native(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, *,
+                         forces: bool = True, stress: bool = False, create_graph: bool = False):
+        """The base's own energy, forces and stress plus the correction's by autograd."""
+        from difftre_torch.potentials.base import evaluate
+
+        base = self.base.evaluate_native(positions, cell, numbers, forces=forces, stress=stress,
+                                         create_graph=create_graph)
+        corr = evaluate(self.correction, positions, cell, numbers, forces=forces, stress=stress,
+                        create_graph=create_graph)
+        add = lambda a, b: None if a is None else a + b.to(a.dtype)  # noqa: E731
+        return replace(base, energy=base.energy + corr.energy.to(base.energy.dtype),
+                       forces=add(base.forces, corr.forces), stress=add(base.stress, corr.stress))
 
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor,
                 pairs: Pairs | None = None) -> torch.Tensor:

@@ -4,6 +4,8 @@
   :func:`~difftre_torch.potentials.nequip_files.save_nequip`: ``<stem>.ckpt`` for checkpoint/package
   inputs (``nequip-package build`` / ``nequip-compile`` take it from there), ``<stem>.nequip.pth``
   for TorchScript inputs;
+* a potential with a ``write_back(stem)`` method writes itself (DeePMD-kit:
+  ``<stem>.pth`` and ``<stem>.ckpt.pt``, :mod:`difftre_torch.potentials.deepmd`);
 * a :class:`~difftre_torch.potentials.correction.CorrectedPotential`: its base as above under
   ``<stem>.base``, and ``<stem>.correction.pt`` with the correction's spec and coefficients and
   the base file's name; :func:`load_corrected` reads it back;
@@ -33,6 +35,9 @@ def save_potential(potential: torch.nn.Module, stem: str | Path) -> Path:
         record = {"format": CORRECTION_FORMAT, "base": base_file.name, **potential.spec_json(),
                   "state_dict": {k: v.detach().cpu() for k, v in potential.correction.state_dict().items()}}
         return atomic_torch_save(record, stem.with_name(stem.name + CORRECTION_SUFFIX))
+    write_back = getattr(potential, "write_back", None)
+    if write_back is not None:
+        return write_back(stem)
     source = getattr(potential, "source", None)
     if source is not None and getattr(source, "format", None) is not None:
         from difftre_torch.potentials.nequip_files import save_nequip

@@ -28,19 +28,25 @@ from ase.data import chemical_symbols
 
 @dataclass(frozen=True)
 class PotentialKind:
+    """name; options: its dataclass; build(options, resolve) -> module; load_file(path, options)
+    -> module: a model file of this kind written by a refinement (None: kinds without a file
+    format of their own, whose refined state_dict loads into a fresh build)."""
+
     name: str
     options: type
     build: Callable
     doc: str = ""
+    load_file: Callable | None = None
 
 
 POTENTIALS: dict[str, PotentialKind] = {}
 
 
-def register(name: str, options: type, doc: str = ""):
+def register(name: str, options: type, doc: str = "", load_file: Callable | None = None):
     """Decorator: ``build(options, resolve)`` becomes the builder of kind ``name``."""
     def wrap(fn: Callable) -> Callable:
-        POTENTIALS[name] = PotentialKind(name, options, fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        POTENTIALS[name] = PotentialKind(name, options, fn, doc or (fn.__doc__ or "").strip().splitlines()[0],
+                                         load_file)
         return fn
     return wrap
 
@@ -115,29 +121,69 @@ class NequipOptions:
                              f"--target batch), got {self.sampling_model}")
 
 
-@register("nequip", NequipOptions)
+def load_model_file(path: Path, options: "NequipOptions") -> torch.nn.Module:
+    """``path`` as a potential: a NequIP file, or a ``*.correction.pt`` (base + pair correction,
+    the base read with the same options)."""
+    from difftre_torch.potentials.nequip_files import load_nequip
+
+    device, dtype = resolve_device(options.device), None if options.dtype is None else DTYPES[options.dtype]
+    return _with_correction(path, lambda p: load_nequip(
+        p, device=device, dtype=dtype, chemical_species_to_atom_type_map=options.chemical_species_to_atom_type_map))
+
+
+def _with_correction(path: Path, base) -> torch.nn.Module:
+    """``base(path)``, or for a ``*.correction.pt`` the corrected potential over ``base`` of the
+    file it names."""
+    from difftre_torch.potentials.io import CORRECTION_SUFFIX, load_corrected
+
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    return load_corrected(path, base) if path.name.endswith(CORRECTION_SUFFIX) else base(path)
+
+
+@register("nequip", NequipOptions, load_file=load_model_file)
 def build_nequip(options: NequipOptions, resolve) -> torch.nn.Module:
     """A NequIP model (nequip 0.19), energy-only; forces and stress by our autograd."""
     return load_model_file(resolve(options.path), options)
 
 
-def load_model_file(path: Path, options: NequipOptions) -> torch.nn.Module:
-    """``path`` as a potential: a NequIP file, or a ``*.correction.pt`` (base + pair correction,
-    the base read with the same options)."""
-    from difftre_torch.potentials.io import CORRECTION_SUFFIX, load_corrected
-    from difftre_torch.potentials.nequip_files import load_nequip
+# ----------------------------------------------------------------------------- DeePMD-kit
 
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    device, dtype = resolve_device(options.device), None if options.dtype is None else DTYPES[options.dtype]
 
-    def base(p):
-        return load_nequip(p, device=device, dtype=dtype,
-                           chemical_species_to_atom_type_map=options.chemical_species_to_atom_type_map)
+@dataclass
+class DeepMDOptions:
+    path: str = field(metadata={"doc": "the model file: a frozen .pth (dp --pt freeze), a training checkpoint "
+                                       "(model.ckpt.pt), a DeePMD v2 .pb (converted with dp convert-backend) "
+                                       "or a refined *.correction.pt"})
+    device: str = field(default="auto", metadata={"doc": "cpu, cuda, cuda:N or auto (cuda where available)"})
+    chemical_species_to_type_map: dict[str, str] | None = field(
+        default=None, metadata={"doc": "element → the model's type_map name, where they differ"})
 
-    if path.name.endswith(CORRECTION_SUFFIX):
-        return load_corrected(path, base)
-    return base(path)
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ValueError(f"path: expected the model file, got {self.path!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if Path(self.path).suffix not in (".pth", ".pt", ".pb"):
+            raise ValueError(f"path: expected a DeePMD-kit model (.pth, .pt checkpoint or .pb), got {self.path}")
+        for element in self.chemical_species_to_type_map or {}:
+            if element not in chemical_symbols[1:]:
+                raise ValueError(f"chemical_species_to_type_map: {element!r} is not an element symbol "
+                                 "(H, He, …, as in the structure file)")
+
+
+def load_deepmd_file(path: Path, options: DeepMDOptions) -> torch.nn.Module:
+    """``path`` as a potential: a DeePMD-kit file, or a ``*.correction.pt`` over one."""
+    from difftre_torch.potentials.deepmd import load_deepmd
+
+    return _with_correction(path, lambda p: load_deepmd(
+        p, device=resolve_device(options.device), chemical_species_to_type_map=options.chemical_species_to_type_map))
+
+
+@register("deepmd", DeepMDOptions, load_file=load_deepmd_file)
+def build_deepmd(options: DeepMDOptions, resolve) -> torch.nn.Module:
+    """A DeePMD-kit 3.x model (PyTorch backend; .pb converted), its own forces and virial."""
+    return load_deepmd_file(resolve(options.path), options)
 
 
 # ----------------------------------------------------------------------------- the pair correction

@@ -105,13 +105,13 @@ def check_structure(atoms: Atoms, where: str, min_distance_A: float, copies: int
 
 def build_base_potential(job: JobConfig, path: Path | None = None) -> torch.nn.Module:
     """The model of ``potential`` (or a refined model file ``path`` of the same kind)."""
-    from difftre_torch.potentials.registry import POTENTIALS, load_model_file
+    from difftre_torch.potentials.registry import POTENTIALS
 
     kind = POTENTIALS[job.potential.kind]
     resolve = lambda p: _file(job, p, "potential.path")  # noqa: E731
     try:
-        if path is not None and job.potential.kind == "nequip":
-            return load_model_file(Path(path), job.potential.options)
+        if path is not None and kind.load_file is not None:
+            return kind.load_file(Path(path), job.potential.options)
         if path is not None:
             return _load_state_file(Path(path), lambda: kind.build(job.potential.options, resolve))
         return kind.build(job.potential.options, resolve)
@@ -391,38 +391,31 @@ def make_sampler(job: JobConfig, atoms: Atoms, points: list[StatePointEntry], se
 # ----------------------------------------------------------------------------- frames
 
 
-def read_all_frames(path: Path) -> list[Atoms]:
-    """``ase.io.read(path, index=":")``; a compressed (x)yz file is decompressed in memory first:
-    ase seeks inside the compressed stream once per frame, which grows with the square of the
-    frames (1631 frames of a 3 MB .extxyz.gz: 160 s, against 3 s decompressed)."""
-    import bz2
-    import gzip
-    import io
-    import lzma
+def read_all_frames(path: Path, **options) -> list[Atoms]:
+    """Every frame of ``path`` (:func:`difftre_torch.frames.read_frames_file`: a file ase.io reads,
+    or DeePMD-kit system folders)."""
+    from difftre_torch.frames import read_frames_file
 
-    from ase.io import read
-    from ase.io.formats import filetype
-
-    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-    if path.suffix in openers:
-        fmt = filetype(str(path), read=False)
-        if fmt in ("extxyz", "xyz"):
-            with openers[path.suffix](path, "rt", encoding="utf-8") as f:
-                return read(io.StringIO(f.read()), index=":", format=fmt)
-    return read(path, index=":")
+    return read_frames_file(path, **options)
 
 
-def read_frames(job: JobConfig, value: str, field: str) -> list[Atoms]:
-    """Every frame of a labelled file (each frame's ``info['source_file']`` names file and frame)."""
+def read_frames(job: JobConfig, value: str, field: str, **options) -> list[Atoms]:
+    """Every frame of a labelled file or DeePMD-kit data folder (each frame's
+    ``info['source_file']`` names file and frame); ``options`` as
+    :func:`difftre_torch.frames.read_frames_file` takes them."""
+    from difftre_torch.frames import FramesError
+
     path = _file(job, value, field)
     try:
-        frames = read_all_frames(path)
+        frames = read_all_frames(path, **options)
+    except FramesError as exc:
+        raise ConfigError(f"{job.source}: {field}: {exc}") from None
     except Exception as exc:
         raise ConfigError(f"{job.source}: {field}: {path} could not be read by ase.io ({exc})") from None
     if not frames:
         raise ConfigError(f"{job.source}: {field}: {path} holds no frames")
     for k, atoms in enumerate(frames):
-        atoms.info["source_file"] = f"{path} frame {k}"
+        atoms.info.setdefault("source_file", f"{path} frame {k}")
     return frames
 
 
@@ -445,8 +438,13 @@ def reference_frames(job: JobConfig):
     """The force-matching frames (:class:`~difftre_torch.force_matching.ReferenceFrames`)."""
     from difftre_torch.force_matching import ReferenceFrames
 
-    path = job.resolve(job.force_matching.file)
-    frames = read_frames(job, job.force_matching.file, "force_matching.file")
+    section = job.force_matching
+    path = job.resolve(section.file)
+    type_map = section.type_map
+    if type_map is None and job.potential.kind == "deepmd" and path.is_dir():
+        type_map = build_base_potential(job).type_map  # DeePMD data named by the model's own types
+    frames = read_frames(job, section.file, "force_matching.file", type_map=type_map,
+                         max_frames=section.max_frames, seed=section.seed)
     try:
         return ReferenceFrames.from_atoms(frames, source=str(path))
     except (ValueError, KeyError, RuntimeError) as exc:
