@@ -322,3 +322,26 @@ def test_refine_end_to_end_writes_a_corrected_deepmd_model(tiny_deepmd, gcn_fram
     np.testing.assert_allclose(e_base, e_orig, rtol=1e-12, atol=0)
     ev = evaluate(refined, *as_batch(frames))
     assert np.abs(ev.energy.detach().numpy() - e_orig).max() > 1e-6
+
+
+def test_sampler_force_pass_uses_deepmd_own_derivatives(tiny_deepmd, gcn_frames):
+    """The batched sampler's force pass (alone, and for a corrected DeePMD base over a
+    precomputed pair list) equals the autograd pass of the same energy."""
+    import functools
+
+    from difftre_torch.neighbors import neighbor_pairs
+    from difftre_torch.potentials.registry import CorrectionOptions, add_correction
+    from difftre_torch.sampling.integrators import forces_and_stress
+
+    potential = load_deepmd(tiny_deepmd[1])
+    frames = gcn_frames[0]
+    pos, cell, numbers = as_batch(frames)
+    corrected = add_correction(potential, CorrectionOptions(cutoff_A=6.0, centers_A=[3.0, 4.0], width_A=0.7), frames[0])
+    with torch.no_grad():
+        corrected.correction.coefficients.copy_(torch.tensor([[0.01, -0.02]] * 3))
+    pairs = neighbor_pairs(pos, cell, corrected.r_max_A + 0.5, full=True)
+    for model, call in ((potential, potential), (corrected, functools.partial(corrected, pairs=pairs))):
+        native_f, native_s = forces_and_stress(call, pos, cell, numbers, stress=True)
+        plain_f, plain_s = forces_and_stress(lambda x, h, z: model(x, h, z), pos, cell, numbers, stress=True)
+        torch.testing.assert_close(native_f, plain_f, rtol=0, atol=1e-12)
+        torch.testing.assert_close(native_s, plain_s, rtol=0, atol=1e-14)

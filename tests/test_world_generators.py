@@ -198,10 +198,11 @@ def test_provenance_lists_every_file_and_pending_sources(world):
     assert listed["heldout/train56.extxyz.gz"]["seeds"] == f"MD {QUICK_JOBS['heldout']}: 3000"
     assert "train_train56_T300_d3.2: " in listed["dataset/train.extxyz.gz"]["seeds"]
     pending = {s["name"] for s in prov["sources"] if s["pending"]}
-    assert pending == {"experiment", "base model"}
+    assert pending == {"experiment", "base model", "DeePMD base model"}
     section = md.split("## Measured for this project, re-measured")[1]
     assert "pending: python -m recipes.world.experiment" in section
     assert "pending: python -m recipes.world.train_base" in section
+    assert "pending: python -m recipes.world.train_deepmd" in section
     d3 = next(r for r in prov["measured"] if r["quantity"].endswith("all cells"))
     assert 10.0 < float(d3["value"]) < 80.0
     assert all(k in prov["versions"] for k in provenance.PACKAGES)

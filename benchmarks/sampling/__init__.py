@@ -31,9 +31,11 @@ EMT-labelled rattled fcc Cu, config below: float32, l_max 1, 16 features, 2 laye
 fcc Cu cells of 108 and 500 atoms at 300 K, Δt 2 fs) or ``lj`` (LennardJones,
 σ 3.405 Å, ε 0.0104 eV, r_c 8.5 Å, float64; fcc argon cells of 108 and 500 atoms at 80 K,
 Δt 5 fs). Default: both, one table each (nequip first; skipped with a note if it does not
-train here).
+train here). ``deepmd``: the stand-in world's shipped DeePMD-kit model (se_e2_a, float64,
+r_c 6 Å, its own forces and virial) on g-C3N4 cells of 112 and 252 atoms at 300 K, Δt 1 fs;
+``--model deepmd`` alone writes its own section (``## sampling, DeePMD-kit``).
 
-    python -m benchmarks.sampling [--device cpu|cuda] [--model lj|nequip ...]
+    python -m benchmarks.sampling [--device cpu|cuda] [--model lj|nequip|deepmd ...]
                                   [--replicas 1 8 32] [--seconds 5] [--threads N] [--compiled]
                                   [--out benchmarks/RESULTS.md]
 

@@ -22,7 +22,7 @@ from benchmarks.sampling.timing import measure_system
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sampling", description=DOC.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--model", choices=["lj", "nequip"], nargs="+", default=None,
+    parser.add_argument("--model", choices=["lj", "nequip", "deepmd"], nargs="+", default=None,
                         help="models to measure, one table each (default: nequip, if nequip-train "
                              "works here, then lj)")
     parser.add_argument("--replicas", type=int, nargs="+", default=None,
@@ -70,8 +70,8 @@ def main(argv=None) -> None:
     notes.append(f"Whole run {time.perf_counter() - started:.0f} s. {args.notes}")
     text = section(blocks, args, device, [n.strip() for n in notes if n.strip()])
     print("\n" + text)
-    write_section(args.out, text, title(device))
-    print(f"wrote the '{title(device)}' section of {args.out}")
+    write_section(args.out, text, title(device, args.model))
+    print(f"wrote the '{title(device, args.model)}' section of {args.out}")
 
 
 if __name__ == "__main__":

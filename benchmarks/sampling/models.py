@@ -1,5 +1,6 @@
 """The cells and models of the sampling benchmark: fcc Ar with LennardJones, fcc Cu with a small
-NequIP model trained here on EMT labels, and that model compiled by ``nequip-compile``."""
+NequIP model trained here on EMT labels, that model compiled by ``nequip-compile``, and g-C3N4
+with the stand-in world's shipped DeePMD-kit model (``data/world/deepmd_model/model.pth``)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,17 @@ def train_nequip(workdir: Path) -> Path:
                              val_batch=8)
 
 
+DEEPMD_MODEL = Path(__file__).resolve().parents[2] / "data" / "world" / "deepmd_model" / "model.pth"
+
+
+def deepmd_systems() -> list[System]:
+    """The world's teacher-relaxed g-C3N4 unit (28 atoms) as 2×2×1 and 3×3×1 cells."""
+    from ase.io import read
+
+    unit = read(Path(__file__).resolve().parents[2] / "data" / "world" / "structures" / "teacher_unit.extxyz")
+    return [System(f"g-C3N4 {n}×{n}×1", unit.repeat((n, n, 1)), 300.0, 1.0, 0.01, 0.8) for n in (2, 3)]
+
+
 def load_model(model: str, workdir: Path, device: torch.device, required: bool, notes: list[str]):
     """(potential, systems, description) for ``model``; None if nequip does not train here and it
     was not asked for by name (then a note says so)."""
@@ -77,6 +89,13 @@ def load_model(model: str, workdir: Path, device: torch.device, required: bool, 
 
         return (LennardJones(3.405, 0.0104, 8.5).to(device), lj_systems(),
                 "LennardJones (σ 3.405 Å, ε 0.0104 eV, r_c 8.5 Å, float64), fcc argon at 80 K, Δt 5 fs")
+    if model == "deepmd":
+        from difftre_torch.potentials.deepmd import load_deepmd
+
+        potential = load_deepmd(DEEPMD_MODEL, device=device)
+        return (potential, deepmd_systems(),
+                "DeePMD-kit se_e2_a (the world's shipped model: dp --pt train, float64, r_c 6 Å; its own forces "
+                "and virial), g-C3N4 at 300 K, Δt 1 fs")
     try:
         t0 = time.perf_counter()
         checkpoint = train_nequip(workdir)

@@ -13,14 +13,16 @@ from benchmarks.common import versions as common_versions
 SECTION = "## sampling"
 
 
-def title(device: torch.device) -> str:
-    """This section's heading for ``device`` (:func:`~benchmarks.common.device_title`)."""
-    return device_title(SECTION, device)
+def title(device: torch.device, models: list[str] | None = None) -> str:
+    """This section's heading for ``device`` (:func:`~benchmarks.common.device_title`); a run of
+    ``--model deepmd`` alone has its own section (DeePMD-kit is an optional extra), so that it
+    does not replace the NequIP and LJ tables."""
+    return device_title(SECTION + (", DeePMD-kit" if models == ["deepmd"] else ""), device)
 
 
 def versions() -> str:
     """"torch X, nequip Y, …, ase Z, numpy W" for the header."""
-    return common_versions(("nequip", "e3nn", "vesin-torch", "ase", "numpy"))
+    return common_versions(("nequip", "e3nn", "deepmd-kit", "vesin-torch", "ase", "numpy"))
 
 
 def table(rows: list[dict]) -> str:
@@ -80,7 +82,7 @@ def verdict(rows: list[dict], device: torch.device) -> str:
 def section(blocks: list[tuple[str, list[dict]]], args, device: torch.device, notes: list[str]) -> str:
     """The ``## sampling`` section: header, then one table and verdict per (model text, rows)."""
     header = textwrap.dedent(f"""\
-        {title(device)}
+        {title(device, args.model)}
 
         MD throughput in NVT at one state point: AseSampler (ASE `Langevin`, one replica) against
         BatchedSampler (R replicas as one batch; BAOAB, Verlet list with 1 Å skin, blow-up checks

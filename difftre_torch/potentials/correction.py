@@ -199,13 +199,18 @@ class CorrectedPotential(nn.Module):
             self.evaluate_native = self._evaluate_native
 
     def _evaluate_native(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor, *,
-                         forces: bool = True, stress: bool = False, create_graph: bool = False):
-        """The base's own energy, forces and stress plus the correction's by autograd."""
+                         forces: bool = True, stress: bool = False, create_graph: bool = False,
+                         pairs: Pairs | None = None):
+        """The base's own energy, forces and stress plus the correction's by autograd (over
+        ``pairs`` where a sampler keeps a list)."""
+        import functools
+
         from difftre_torch.potentials.base import evaluate
 
         base = self.base.evaluate_native(positions, cell, numbers, forces=forces, stress=stress,
                                          create_graph=create_graph)
-        corr = evaluate(self.correction, positions, cell, numbers, forces=forces, stress=stress,
+        correction = self.correction if pairs is None else functools.partial(self.correction, pairs=pairs)
+        corr = evaluate(correction, positions, cell, numbers, forces=forces, stress=stress,
                         create_graph=create_graph)
         add = lambda a, b: None if a is None else a + b.to(a.dtype)  # noqa: E731
         return replace(base, energy=base.energy + corr.energy.to(base.energy.dtype),

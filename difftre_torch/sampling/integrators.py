@@ -109,7 +109,13 @@ def forces_and_stress(
     """F = −∂U/∂x [R, N, 3] eV/Å and, if asked, σ = (1/V) ∂U/∂ε [R, 3, 3] eV/Å³ (ASE sign), both
     float64 and detached: :func:`~difftre_torch.potentials.base.evaluate`'s definitions (strain
     x → x(1 + ε), h → h(1 + ε), rows) in one energy + backward pass, with the volume from
-    :func:`~difftre_torch.neighbors.det3` (``torch.linalg.det`` on a batch stalls on busy CPUs)."""
+    :func:`~difftre_torch.neighbors.det3` (``torch.linalg.det`` on a batch stalls on busy CPUs).
+    A potential with ``evaluate_native`` (its own forces and stress) gives them instead."""
+    target = getattr(potential, "func", potential)  # functools.partial(potential, pairs=...)
+    native = getattr(target, "evaluate_native", None)
+    if native is not None:  # a model that derives its own forces (DeePMD-kit): no second backward
+        ev = native(positions.detach(), cells.detach(), numbers, stress=stress, **getattr(potential, "keywords", {}))
+        return ev.forces.detach().to(torch.float64), None if not stress else ev.stress.detach().to(torch.float64)
     x = positions.detach().requires_grad_(True)
     h = cells.detach()
     with torch.enable_grad():

@@ -41,7 +41,7 @@ from pathlib import Path
 from difftre_torch.environment import machine, package_versions
 
 OUTPUTS = ("PROVENANCE.md", "provenance.json")
-PACKAGES = ("torch", "nequip", "chgnet", "dftd3", "ase", "numpy")
+PACKAGES = ("torch", "nequip", "chgnet", "dftd3", "deepmd-kit", "dpdata", "ase", "numpy")
 NO_RECORD = "NO RECORD"
 
 
@@ -230,8 +230,24 @@ def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source
     return src
 
 
+def deepmd_model_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("DeePMD base model", "deepmd_model/metrics.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.train_deepmd --publish after the training set "
+                       "(data/world/dataset) exists")
+        return src
+    src.command = rec["command"].strip()
+    seed = rec["input"]["training"]["seed"]
+    src.seeds = f"dp train seed {seed}, descriptor and fitting seeds {rec['input']['model']['descriptor']['seed']}"
+    src.wall_s = rec.get("wall_s")
+    src.notes.append("wall time = dp --pt train (all launches); conversion, freeze and dp test not included")
+    src.files = _under(files, "deepmd_model")
+    return src
+
+
 PRODUCERS = (relax_source, binding_source, heldout_source, dataset_source, experiment_source,
-             base_model_source)
+             base_model_source, deepmd_model_source)
 
 
 # --------------------------------------------------------------------------- re-measured numbers
@@ -321,6 +337,12 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
                  f"{_metric(metrics['test']['energy_rmse_meV_per_atom'], 2)}, "
                  f"{_metric(metrics['test']['forces_rmse_meV_per_A'], 1)}" if metrics else
                  "pending: python -m recipes.world.train_base --publish", "base_model/metrics.json"))
+    deepmd = _load(data / "deepmd_model/metrics.json")
+    rows.append(("DeePMD base model test split (dp --pt test, per system): E RMSE (meV/atom), F RMSE (meV/Å)",
+                 "—", "; ".join(f"{t['system'].rsplit('/', 1)[-1]} ({t['frames']} frames) "
+                                f"{1000 * t['energy_rmse_per_atom_eV']:.2f}, {1000 * t['force_rmse_eV_per_A']:.1f}"
+                                for t in deepmd["test"]) if deepmd else
+                 "pending: python -m recipes.world.train_deepmd --publish", "deepmd_model/metrics.json"))
     return rows
 
 
@@ -375,6 +397,19 @@ def collect(data: str | Path, runs: str | Path | None = None) -> dict:
     runs = Path(runs) if runs is not None else None
     files = data_files(data)
     sources = [produce(data, files, runs) for produce in PRODUCERS]
+    # A producer whose files are all unchanged since the previous provenance keeps what that one
+    # said (command, seeds, wall time): its campaign folder or run record may not be on this
+    # machine any more, and rewriting must not lose them.
+    before = _load(data / "provenance.json") or {}
+    previous = {s["name"]: s for s in before.get("sources", [])}
+    old_sha = {e["path"]: e["sha256"] for e in before.get("files", [])}
+    for src in sources:
+        old = previous.get(src.name)
+        unchanged = bool(src.files) and all(
+            old_sha.get(f"{data.as_posix()}/{f}") == sha256(data / f) for f in src.files)
+        if old and unchanged and not old.get("pending"):
+            src.command, src.seeds, src.wall_s = old["command"], old["seeds"], old["wall_s"]
+            src.per_job_seeds, src.notes = old.get("per_job_seeds", {}), list(old.get("notes", []))
     owner = {}
     for src in sources:
         for f in src.files:

@@ -15,8 +15,8 @@ What a DeePMD-kit user does, on the stand-in world's DFT-like (teacher) frames:
 3. ``dp --pt freeze`` → ``model.pth`` (TorchScript) and ``dp --pt test`` on the test split
    (energy per atom, forces, virial RMSE), recorded with the wall time in ``metrics.json``.
 
-``--publish`` copies ``model.pth``, the last checkpoint (as ``model.ckpt.pt``), ``input.json``
-and ``metrics.json`` to ``--publish-to``. ``--quick``: 20 steps of a tiny net, for the tests.
+``--publish`` copies ``model.pth``, ``input.json`` and ``metrics.json`` to ``--publish-to`` (the
+checkpoints, 4.7 MB each with their optimizer state, stay in ``<run>``). ``--quick``: 20 steps of a tiny net, for the tests.
 """
 
 from __future__ import annotations
@@ -179,9 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.publish:
         target = Path(args.publish_to)
         target.mkdir(parents=True, exist_ok=True)
-        checkpoint = run_dir / f"model.ckpt-{record['steps']}.pt"
-        for src, name in ((run_dir / "model.pth", "model.pth"), (checkpoint, "model.ckpt.pt"),
-                          (run_dir / "input.json", "input.json"), (run_dir / "metrics.json", "metrics.json")):
+        for src, name in ((run_dir / "model.pth", "model.pth"), (run_dir / "input.json", "input.json"),
+                          (run_dir / "metrics.json", "metrics.json")):
             shutil.copyfile(src, target / (name + ".tmp"))
             (target / (name + ".tmp")).replace(target / name)
         print(f"[train_deepmd] published {run_dir} -> {target}", flush=True)
