@@ -32,8 +32,10 @@ the energy in float64.
 
 Measured with deepmd-kit 3.2.0 on torch 2.13.0+cpu (tests/test_deepmd.py):
 
-* the PyPI wheel's compiled operators were built for torch 2.11 and do not load with 2.13;
-  the wheel's import also looks for the ``mpich`` package. Built from the sdist
+* the PyPI wheel's compiled operators were built for torch 2.11 (its ``run_config.ini``) and
+  link MPICH's ``libmpi.so.12``: ``import deepmd.pt`` fails at once (``PackageNotFoundError:
+  mpich``), and the operator library alone does not load beside torch 2.13 (``OSError``).
+  Built from the sdist
   (``DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 DP_ENABLE_PYTORCH=1 pip install --no-binary
   deepmd-kit deepmd-kit==3.2.0``, about two minutes on 2 cores) they load; ``make setup`` does
   this. A frozen se_e2_a model refers to ``deepmd::tabulate_fusion_se_a`` and loads only once
