@@ -248,7 +248,7 @@ def test_unknown_element_and_wrong_file(tiny_deepmd, gcn_frames, tmp_path):
     potential = load_deepmd(tiny_deepmd[1])
     pos, cell, _ = as_batch(gcn_frames[0])
     numbers = torch.full((pos.shape[1],), 8)
-    with pytest.raises(ValueError, match=r"does not know element\(s\) O; its type_map is \['C', 'N'\]"):
+    with pytest.raises(ValueError, match=r"does not know element\(s\) O; its types are \['C', 'N'\]"):
         potential(pos, cell, numbers)
     bad = tmp_path / "x.txt"
     bad.write_text("hello")

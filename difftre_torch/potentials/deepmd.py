@@ -59,6 +59,7 @@ import torch
 
 from difftre_torch.checkpoint import _atomic_write, atomic_torch_save
 from difftre_torch.potentials.base import Evaluation, cell_volume
+from difftre_torch.potentials.types import atom_types, type_table
 
 INSTALL_HINT = ("DeePMD-kit built against this torch: DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 "
                 "DP_ENABLE_PYTORCH=1 pip install --no-binary deepmd-kit deepmd-kit==3.2.0 "
@@ -208,21 +209,11 @@ class DeepMDPotential(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, type_map: list[str], *, source: DeepMDSource | None = None,
                  chemical_species_to_type_map: dict[str, str] | None = None) -> None:
         super().__init__()
-        from ase.data import atomic_numbers
-
         self.model = model
         self.type_map = list(type_map)
         self.source = source
         self.r_max_A = float(model.get_rcut())
-        species = chemical_species_to_type_map or {t: t for t in self.type_map if t in atomic_numbers}
-        table = torch.full((119,), -1, dtype=torch.long)
-        for symbol, type_name in species.items():
-            if symbol not in atomic_numbers:
-                raise ValueError(f"DeepMDPotential: {symbol!r} is not a chemical element symbol")
-            if type_name not in self.type_map:
-                raise ValueError(f"DeepMDPotential: {symbol} maps to type {type_name!r}, which the model does not "
-                                 f"have (its type_map: {self.type_map})")
-            table[atomic_numbers[symbol]] = self.type_map.index(type_name)
+        table = type_table(self.type_map, chemical_species_to_type_map, "DeepMDPotential")
         self.register_buffer("type_of_number", table, persistent=False)
         if model.get_dim_fparam() or model.get_dim_aparam():
             raise ValueError("DeepMDPotential: models with frame or atomic parameters (fparam/aparam) are not "
@@ -233,17 +224,7 @@ class DeepMDPotential(torch.nn.Module):
 
     def atom_types(self, numbers: torch.Tensor) -> torch.Tensor:
         """Atomic numbers [N] → the model's type indices [N] (ValueError naming unknown elements)."""
-        from ase.data import chemical_symbols
-
-        numbers = numbers.to(self.type_of_number.device).long()
-        if numbers.numel() and (numbers.min() < 0 or numbers.max() >= self.type_of_number.numel()):
-            raise ValueError(f"DeepMDPotential: invalid atomic numbers {numbers.unique().tolist()}")
-        types = self.type_of_number[numbers]
-        if bool((types < 0).any()):
-            unknown = sorted({chemical_symbols[int(z)] for z in numbers[types < 0].unique()})
-            raise ValueError(f"DeepMDPotential: the model does not know element(s) {', '.join(unknown)}; its "
-                             f"type_map is {self.type_map}")
-        return types
+        return atom_types(self.type_of_number, numbers, self.type_map, "DeepMDPotential")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import torch
 
 from difftre_torch.neighbors import Pairs, neighbor_pairs, pair_vectors
+from difftre_torch.potentials.types import atom_types, type_table
 
 SOLE_MODEL_KEY = "sole_model"  # nequip's key for a single model in a checkpoint's ModuleDict
 _DATA_DTYPE = torch.float64  # nequip's data dtype (positions, cell, shifts), whatever the model dtype
@@ -156,24 +157,13 @@ class NequIPPotential(torch.nn.Module):
         source: NequIPSource | None = None,
     ):
         super().__init__()
-        from ase.data import atomic_numbers
-
         self.model = model
         self.type_names = list(type_names)
         self.r_max_A = float(r_max_A)
         self.compiled = bool(compiled)
         self.source = source
-        species_map = chemical_species_to_atom_type_map or {t: t for t in self.type_names}
-        table = torch.full((119,), -1, dtype=torch.long)
-        for symbol, type_name in species_map.items():
-            if symbol not in atomic_numbers:
-                raise ValueError(f"NequIPPotential: {symbol!r} is not a chemical element symbol")
-            if type_name not in self.type_names:
-                raise ValueError(
-                    f"NequIPPotential: {symbol} maps to type {type_name!r}, which the model does "
-                    f"not have (its types: {self.type_names})"
-                )
-            table[atomic_numbers[symbol]] = self.type_names.index(type_name)
+        table = type_table(self.type_names, chemical_species_to_atom_type_map or {t: t for t in self.type_names},
+                           "NequIPPotential")
         self.register_buffer("type_of_number", table, persistent=False)
         if self.compiled:
             # An AOTI model has no floating tensors of its own: this empty float64 buffer makes
@@ -207,19 +197,7 @@ class NequIPPotential(torch.nn.Module):
 
     def atom_types(self, numbers: torch.Tensor) -> torch.Tensor:
         """Atomic numbers [N] → the model's type indices [N] (ValueError naming unknown elements)."""
-        from ase.data import chemical_symbols
-
-        numbers = numbers.to(self.type_of_number.device).long()
-        if numbers.numel() and (numbers.min() < 0 or numbers.max() >= self.type_of_number.numel()):
-            raise ValueError(f"NequIPPotential: invalid atomic numbers {numbers.unique().tolist()}")
-        types = self.type_of_number[numbers]
-        if bool((types < 0).any()):
-            unknown = sorted({chemical_symbols[int(z)] for z in numbers[types < 0].unique()})
-            raise ValueError(
-                f"NequIPPotential: the model does not know element(s) {', '.join(unknown)}; "
-                f"its types are {self.type_names}"
-            )
-        return types
+        return atom_types(self.type_of_number, numbers, self.type_names, "NequIPPotential")
 
     def graph(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor,
               pairs: Pairs | None = None) -> dict:
