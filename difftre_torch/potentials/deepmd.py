@@ -17,7 +17,8 @@ training checkpoint for ``dp --pt freeze`` and ``dp --pt train --finetune`` (the
 checkpoint's optimizer state and training info kept where there was one).
 
 Evaluation: DeePMD takes a batch of frames natively, ``coord [B, N·3]``, ``box [B, 9]`` (cell
-rows, Å), ``atype [B, N]``; the energy [B] eV is what the potential contract asks for. DeePMD
+rows, Å), ``atype [B, N]``; the energy [B] eV is what the potential contract asks for. On a GPU
+all B frames go in one call; on a CPU in groups of at most ``cpu_atoms_per_call`` atoms. DeePMD
 always derives forces and virial itself inside its forward (by autograd, keeping the energy's
 graph); :meth:`DeepMDPotential.evaluate_native` hands those to
 :func:`~difftre_torch.potentials.base.evaluate` instead of a second backward. DeePMD's virial is
@@ -205,6 +206,9 @@ class DeepMDPotential(torch.nn.Module):
     """
 
     data_dtype = torch.float64  # what positions and cells go in as (the model casts them)
+    # On a CPU, frames go to the model in groups of at most this many atoms: one call on many
+    # frames is memory-bound there (benchmarks/RESULTS.md, "sampling, DeePMD-kit").
+    cpu_atoms_per_call = 1024
 
     def __init__(self, model: torch.nn.Module, type_map: list[str], *, source: DeepMDSource | None = None,
                  chemical_species_to_type_map: dict[str, str] | None = None) -> None:
@@ -237,8 +241,14 @@ class DeepMDPotential(torch.nn.Module):
         types = self.atom_types(numbers).to(positions.device)
         coord = positions.to(self.data_dtype).reshape(B, N * 3)
         box = cell.to(self.data_dtype).reshape(B, 9)
+        step = B if positions.device.type != "cpu" else max(1, self.cpu_atoms_per_call // N)
+        outs = []
         with torch.enable_grad():  # DeePMD takes its forces by autograd inside forward
-            return self.model(coord, types.expand(B, N), box=box)
+            for k in range(0, B, step):
+                outs.append(self.model(coord[k:k + step], types.expand(min(step, B - k), N), box=box[k:k + step]))
+        if len(outs) == 1:
+            return outs[0]
+        return {key: torch.cat([o[key] for o in outs]) for key in ("energy", "force", "virial")}
 
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         energy = self._outputs(positions, cell, numbers)["energy"].reshape(positions.shape[0])
