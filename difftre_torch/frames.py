@@ -10,9 +10,10 @@ eV/Å, stress eV/Å³ in ASE's sign where the file has it).
   order; a DeePMD model's own type map). DeePMD's virial W (eV) becomes the stress
   σ = −W/V (ASE sign, eV/Å³).
 
-``max_frames`` keeps a random subset (seeded, file order kept), chosen before the frames are
-turned into ``Atoms``; DeePMD systems are read one at a time and subsampled at once, so a large
-set is never held whole beyond its largest system.
+``max_frames`` keeps a random subset (seeded, file order kept). DeePMD systems are counted
+first (``coord.npy`` memory-mapped), then read one at a time and only the chosen frames become
+``Atoms``, so a large set is never held whole beyond its largest system; a file is read whole
+by ase.io, then subsampled.
 """
 
 from __future__ import annotations

@@ -255,6 +255,10 @@ def test_unknown_element_and_wrong_file(tiny_deepmd, gcn_frames, tmp_path):
     numbers = torch.full((pos.shape[1],), 8)
     with pytest.raises(ValueError, match=r"does not know element\(s\) O; its types are \['C', 'N'\]"):
         potential(pos, cell, numbers)
+    swapped = load_deepmd(tiny_deepmd[1], chemical_species_to_type_map={"C": "N", "N": "C"})
+    assert swapped.atom_types(torch.tensor([6, 7, 7])).tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match=r"C maps to type 'X', which the model does not have"):
+        load_deepmd(tiny_deepmd[1], chemical_species_to_type_map={"C": "X"})
     bad = tmp_path / "x.txt"
     bad.write_text("hello")
     with pytest.raises(DeepMDError, match="expected a DeePMD-kit model"):
@@ -350,3 +354,19 @@ def test_sampler_force_pass_uses_deepmd_own_derivatives(tiny_deepmd, gcn_frames)
         plain_f, plain_s = forces_and_stress(lambda x, h, z: model(x, h, z), pos, cell, numbers, stress=True)
         torch.testing.assert_close(native_f, plain_f, rtol=0, atol=1e-12)
         torch.testing.assert_close(native_s, plain_s, rtol=0, atol=1e-14)
+
+
+def test_deepmd_facts_of_the_module_docstring(tiny_deepmd, gcn_frames):
+    """A frozen .pth loads in eval mode with every parameter requiring grad; DeePMD's forces
+    carry a graph to θ in training mode only."""
+    import deepmd.pt  # noqa: F401 - its compiled operators
+
+    frozen = torch.jit.load(str(tiny_deepmd[1]))
+    assert not frozen.training and all(p.requires_grad for p in frozen.parameters())
+    pos, cell, numbers = as_batch(gcn_frames[0])
+    potential = DeepMDPotential(frozen, list(frozen.get_type_map()))
+    coord, box = pos.reshape(len(pos), -1), cell.reshape(len(pos), 9)
+    atype = potential.atom_types(numbers).expand(len(pos), -1)
+    assert not frozen(coord, atype, box=box)["force"].requires_grad
+    frozen.train()
+    assert frozen(coord, atype, box=box)["force"].requires_grad

@@ -21,7 +21,7 @@ PROVENANCE_OUTPUTS = ("PROVENANCE.md", "provenance.json")
 EV_PER_A3_TO_GPA = 160.21766208
 SHIPPED = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*")
                  if p.is_file() and p.relative_to(DATA).as_posix() not in PROVENANCE_OUTPUTS)
-OPTIONAL = [d for d in ("dataset", "experiment", "heldout", "base_model") if (DATA / d).is_dir()]
+OPTIONAL = [d for d in ("dataset", "experiment", "heldout", "base_model", "deepmd_model") if (DATA / d).is_dir()]
 CELL_ATOMS = {"train56": 56, "cell112": 112, "cell252": 252, "cell448": 448}
 
 
@@ -161,8 +161,39 @@ def _check_base_model():
     assert 0 < value(test["forces_rmse_meV_per_A"]) < 2000  # meV/Å
 
 
+def _check_deepmd_model():
+    """The shipped DeePMD model through difftre_torch on the test split gives the force and
+    energy RMSE that DeePMD's own ``dp --pt test`` recorded (an independent evaluation path)."""
+    pytest.importorskip("deepmd")
+    from difftre_torch.force_matching import ReferenceFrames
+    from difftre_torch.frames import read_frames_file
+    from difftre_torch.potentials.base import evaluate
+    from difftre_torch.potentials.deepmd import load_deepmd
+
+    metrics = _json("deepmd_model/metrics.json")
+    potential = load_deepmd(DATA / "deepmd_model" / "model.pth")
+    frames = ReferenceFrames.from_atoms(read_frames_file(DATA / "dataset" / "test.extxyz.gz"))
+    recorded = {t["system"].rsplit("/", 1)[-1]: t for t in metrics["test"]}
+    sums: dict[str, list] = {}  # formula → [frames, Σ ΔF², force components, Σ (ΔE/N)²]
+    for numbers, positions, cells, energies, forces in frames.groups:  # one group per atom order
+        counts = np.bincount(numbers.numpy(), minlength=8)
+        acc = sums.setdefault(f"C{counts[6]}N{counts[7]}", [0, 0.0, 0, 0.0])
+        for k in range(0, len(positions), 16):
+            ev = evaluate(potential, positions[k:k + 16], cells[k:k + 16], numbers)
+            acc[0] += len(ev.energy)
+            acc[1] += float(((ev.forces - forces[k:k + 16]) ** 2).sum())
+            acc[2] += ev.forces.numel()
+            acc[3] += float((((ev.energy.detach() - energies[k:k + 16]) / numbers.numel()) ** 2).sum())
+    assert sorted(sums) == sorted(recorded)
+    for formula, (n, f2, nf, e2) in sums.items():
+        t = recorded[formula]
+        assert t["frames"] == n
+        assert (f2 / nf) ** 0.5 == pytest.approx(t["force_rmse_eV_per_A"], rel=1e-5)
+        assert (e2 / n) ** 0.5 == pytest.approx(t["energy_rmse_per_atom_eV"], rel=1e-5)
+
+
 CHECKS = {"dataset": _check_dataset, "heldout": _check_heldout, "experiment": _check_experiment,
-          "base_model": _check_base_model}
+          "base_model": _check_base_model, "deepmd_model": _check_deepmd_model}
 
 
 # ------------------------------------------------------------------------------- provenance
