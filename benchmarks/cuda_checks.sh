@@ -5,7 +5,8 @@
 #      batched sampler's ensemble and exact restore on the GPU, a trainer run there;
 #   2. python -m benchmarks.update (N = 100, 1000: with N = 10000 as well it outlasts the stage,
 #      measured on an H100) / benchmarks.sampling --device cuda, into a copy of
-#      benchmarks/RESULTS.md (sections "## update on CUDA", "## sampling on CUDA");
+#      benchmarks/RESULTS.md (sections "## update on CUDA", "## sampling on CUDA", and
+#      "## sampling, DeePMD-kit on CUDA" where DeePMD-kit is installed);
 #   3. the g-C3N4 recipe in quick mode on the GPU with the time that is left (its log says how
 #      far it got and how long each step took).
 # Usage: bash benchmarks/cuda_checks.sh OUT_DIR [BUDGET_S]   (default outputs/cuda_checks, 540 s)
@@ -40,5 +41,8 @@ stage test_cuda 180 python3 -m pytest -q -rs tests/test_cuda.py
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 stage bench_update 130 python3 -m benchmarks.update --device cuda --model nequip --sizes 100 1000 --out "$out/RESULTS.md"
 stage bench_sampling 130 python3 -m benchmarks.sampling --device cuda --model nequip lj --seconds 2 --out "$out/RESULTS.md"
+if python3 -c "import deepmd.pt" 2>/dev/null; then  # the deepmd extra: batched DeePMD frames on the GPU
+    stage bench_sampling_deepmd 60 python3 -m benchmarks.sampling --device cuda --model deepmd --seconds 2 --out "$out/RESULTS.md"
+fi
 stage gc3n4_quick $(($(left) - 10)) python3 -m difftre_torch refine recipes/gc3n4/quick.yaml --out "${TMPDIR:-/tmp}/gc3n4_cuda"
 echo "total $((SECONDS - start)) s" >>"$out/summary.txt"
