@@ -236,13 +236,34 @@ def test_written_checkpoint_is_accepted_by_dp_freeze_and_finetune(tiny_deepmd, g
     assert (tmp_path / "model.ckpt-2.pt").exists()
 
 
-def test_pb_without_tensorflow_names_the_conversion(tmp_path):
+def _tensorflow_backend() -> bool:
     try:
         import tensorflow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("TensorFlow is installed: the conversion itself would run")
+        from deepmd.tf.env import op_module  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed, or DeePMD built without it
+        return False
+    return True
+
+
+def test_pb_converted_matches_deeppot(tiny_deepmd, gcn_frames, tmp_path):
+    """Where DeePMD's TensorFlow backend is installed: a ``dp --tf train`` + ``dp --tf freeze``
+    model (.pb) loads through ``dp convert-backend`` with DeepPot(.pb)'s energies, forces and
+    virial (float64)."""
+    if not _tensorflow_backend():
+        pytest.skip("DeePMD-kit's TensorFlow backend is not installed here (make setup builds the PyTorch one)")
+    systems = [str(p) for p in (tiny_deepmd[0].parent / "data").iterdir()]
+    (tmp_path / "input.json").write_text(json.dumps(tiny_deepmd_input(systems)))
+    dp_cli("--tf", "train", "input.json", cwd=tmp_path)
+    dp_cli("--tf", "freeze", "-o", "tiny.pb", cwd=tmp_path)
+    potential = load_deepmd(tmp_path / "tiny.pb")
+    assert (tmp_path / "tiny.converted.pth").exists()
+    for frames in gcn_frames:
+        assert_matches_deeppot(potential, tmp_path / "tiny.pb", frames, rtol=1e-10)
+
+
+def test_pb_without_tensorflow_names_the_conversion(tmp_path):
+    if _tensorflow_backend():
+        pytest.skip("DeePMD-kit's TensorFlow backend is installed: the conversion itself runs")
     pb = tmp_path / "graph.pb"
     pb.write_bytes(b"\x00")
     with pytest.raises(DeepMDError, match=r"dp convert-backend graph.pb graph.converted.pth"):

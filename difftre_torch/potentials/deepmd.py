@@ -139,7 +139,7 @@ def convert_pb(path: Path) -> Path:
         return out
     try:
         import tensorflow  # noqa: F401
-        from deepmd.tf import op_module  # noqa: F401
+        from deepmd.tf.env import op_module  # noqa: F401
     except Exception:  # noqa: BLE001 - missing, or a DeePMD build without its TensorFlow backend
         raise DeepMDError(
             f"{path} is a TensorFlow (DeePMD v2) model and DeePMD-kit's TensorFlow backend is not "
