@@ -43,6 +43,10 @@ Measured with deepmd-kit 3.2.0 on torch 2.13.0+cpu (tests/test_deepmd.py):
   the operators are loaded (``import deepmd.pt``).
 * a frozen ``.pth`` loads in eval mode with every parameter requiring grad; dE/dθ and the
   force double backward work in training mode.
+* ``.pb``: in a second environment with tensorflow-cpu 2.21 and DeePMD-kit built with
+  ``DP_ENABLE_TENSORFLOW=1 DP_ENABLE_PYTORCH=1`` (8 min on 2 cores), a ``dp --tf train`` +
+  ``dp --tf freeze`` model went through ``dp convert-backend`` and agreed with ``DeepPot`` on the
+  .pb to 1e-10 (``test_pb_converted_matches_deeppot``, skipped where that backend is absent).
 """
 
 from __future__ import annotations
