@@ -147,8 +147,8 @@ def convert_pb(path: Path) -> Path:
     except Exception:  # noqa: BLE001 - missing, or a DeePMD build without its TensorFlow backend
         raise DeepMDError(
             f"{path} is a TensorFlow (DeePMD v2) model and DeePMD-kit's TensorFlow backend is not "
-            f"installed here; convert it where it is, with `dp convert-backend {path.name} "
-            f"{out.name}` (pip install deepmd-kit[cpu] tensorflow-cpu), and give the .pth") from None
+            f"installed here; convert it on a machine that has it (pip install deepmd-kit[cpu]) with "
+            f"`dp convert-backend {path.name} {out.name}`, and give the .pth") from None
     dp = Path(sys.executable).parent / "dp"
     cmd = [str(dp if dp.exists() else shutil.which("dp") or "dp"), "convert-backend", str(path), str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True)
