@@ -72,3 +72,18 @@ def busy_cores(seconds: float = 1.0) -> float:
         if total > total0:
             busy += 1.0 - (idle - idle0) / (total - total0)
     return busy
+
+
+def console_script(name: str, install: str) -> str:
+    """Path of the console script ``name`` (nequip-train, dp, ...) next to this interpreter, else
+    on PATH; FileNotFoundError saying ``install`` (how to get it) where there is none."""
+    import shutil
+    import sys
+
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found next to this interpreter or on PATH: {install}")
+    return found

@@ -9,9 +9,7 @@ and for benchmarks that need a model of the real architecture.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,13 +20,9 @@ TINY_NEQUIP_DESCRIPTION = "NequIP (nequip-train, 1 epoch, float32, l_max 1, 4 fe
 
 def nequip_cli(name: str) -> str:
     """Path of a nequip console script (nequip-train, nequip-package, ...) of this interpreter."""
-    path = Path(sys.executable).parent / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to this interpreter or on PATH")
-    return found
+    from difftre_torch.environment import console_script
+
+    return console_script(name, "is nequip installed?")
 
 
 def emt_labelled(atoms):
@@ -242,8 +236,9 @@ def tiny_deepmd_input(systems: list[str], steps: int = 4, precision: str = "floa
 
 def dp_cli(*args: str, cwd: str | Path) -> None:
     """``dp <args>`` of this interpreter in ``cwd``; RuntimeError with its output on failure."""
-    dp = Path(sys.executable).parent / "dp"
-    result = subprocess.run([str(dp if dp.exists() else "dp"), *args], cwd=cwd, capture_output=True, text=True,
+    from difftre_torch.environment import console_script
+
+    result = subprocess.run([console_script("dp", "is deepmd-kit installed?"), *args], cwd=cwd, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
     if result.returncode != 0:
         raise RuntimeError(f"dp {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

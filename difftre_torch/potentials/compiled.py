@@ -53,9 +53,7 @@ Units: Å, eV, eV/Å; cells as rows.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -71,13 +69,9 @@ COMPILE_TARGETS = ("batch", "ase", "pair_nequip")  # nequip's --target choices (
 
 def _nequip_compile_script() -> str:
     """Path of ``nequip-compile`` next to this interpreter, else on PATH."""
-    path = Path(sys.executable).parent / "nequip-compile"
-    if path.exists():
-        return str(path)
-    found = shutil.which("nequip-compile")
-    if found is None:
-        raise RuntimeError("nequip-compile not found next to this interpreter or on PATH (is nequip installed?)")
-    return found
+    from difftre_torch.environment import console_script
+
+    return console_script("nequip-compile", "is nequip installed?")
 
 
 def compile_nequip(input_path: str | os.PathLike, output_path: str | os.PathLike, *,

@@ -54,9 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +147,9 @@ def convert_pb(path: Path) -> Path:
             f"{path} is a TensorFlow (DeePMD v2) model and DeePMD-kit's TensorFlow backend is not "
             f"installed here; convert it on a machine that has it (pip install deepmd-kit[cpu]) with "
             f"`dp convert-backend {path.name} {out.name}`, and give the .pth") from None
-    dp = Path(sys.executable).parent / "dp"
-    cmd = [str(dp if dp.exists() else shutil.which("dp") or "dp"), "convert-backend", str(path), str(out)]
+    from difftre_torch.environment import console_script
+
+    cmd = [console_script("dp", f"install {INSTALL_HINT}"), "convert-backend", str(path), str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0 or not out.exists():
         raise DeepMDError(f"{path}: dp convert-backend failed: {run.stderr.strip().splitlines()[-1:]}")

@@ -205,7 +205,7 @@ def build_sampling_potential(job: JobConfig, potential, atoms: Atoms, out_dir: P
         return CompiledSampling(potential, model, check_frames(atoms), recompile=options.recompile, workdir=workdir)
     except ConfigError:
         raise
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise ConfigError(f"{job.source}: potential.{field}: {exc}") from None
 
 

@@ -62,11 +62,9 @@ _EPOCH_KEY = "trainer.max_epochs="
 
 
 def _nequip_train() -> str:
-    exe = Path(sys.executable).parent / "nequip-train"
-    found = str(exe) if exe.exists() else shutil.which("nequip-train")
-    if not found:
-        raise FileNotFoundError("nequip-train not found: install nequip (pip install -e '.[nequip]')")
-    return found
+    from difftre_torch.environment import console_script
+
+    return console_script("nequip-train", "install nequip (make setup installs it)")
 
 
 def _dataset_suffix(data_dir: Path) -> str:

@@ -72,11 +72,9 @@ def to_deepmd_npy(extxyz: Path, out: Path) -> list[str]:
 
 
 def _dp() -> str:
-    exe = Path(sys.executable).parent / "dp"
-    found = str(exe) if exe.exists() else shutil.which("dp")
-    if not found:
-        raise FileNotFoundError("dp not found: install deepmd-kit (make setup installs it)")
-    return found
+    from difftre_torch.environment import console_script
+
+    return console_script("dp", "install deepmd-kit (make setup installs it)")
 
 
 def _run(args: list[str], cwd: Path, log: Path, env: dict) -> None:
