@@ -74,19 +74,28 @@ def test_matches_deeppot_float64(which, tiny_deepmd, gcn_frames):
         torch.testing.assert_close(plain.stress, ev.stress, rtol=0, atol=1e-14)
 
 
-def test_float32_model_matches_deeppot(tmp_path, gcn_frames):
-    """A float32 model (built with DeePMD's get_model, frozen by torch.jit.script as dp freeze
-    does): float32 arithmetic inside, so the stated tolerance is 1e-6 relative."""
+DPA1 = {"type": "dpa1", "rcut": 4.0, "rcut_smth": 0.5, "sel": 40, "neuron": [4, 8], "axis_neuron": 4, "attn": 8,
+        "attn_layer": 1, "attn_dotr": True, "precision": "float64", "seed": 1}
+
+
+@pytest.mark.parametrize("kind", ["se_e2_a float32", "dpa1 float64"])
+def test_models_built_here_match_deeppot(kind, tmp_path, gcn_frames):
+    """Models made with DeePMD's get_model and frozen by torch.jit.script as dp freeze does
+    (random weights): a float32 se_e2_a (float32 arithmetic inside, stated tolerance 1e-6
+    relative) and a DPA-1 with one attention layer (float64, 1e-10)."""
     from deepmd.pt.model.model import get_model
 
     params = tiny_deepmd_input([], precision="float32")["model"]
+    if kind.startswith("dpa1"):
+        params = {**tiny_deepmd_input([])["model"], "descriptor": DPA1}
     torch.manual_seed(0)
     model = get_model(params)
-    path = tmp_path / "f32.pth"
+    path = tmp_path / "built.pth"
     torch.jit.save(torch.jit.script(model.eval()), str(path), _extra_files={"data_modifier.pth": ""})
     potential = load_deepmd(path)
-    ev = assert_matches_deeppot(potential, path, gcn_frames[0], rtol=1e-6)
-    assert ev.energy.dtype == torch.float64
+    for frames in gcn_frames:
+        ev = assert_matches_deeppot(potential, path, frames, rtol=1e-6 if "float32" in kind else 1e-10)
+        assert ev.energy.dtype == torch.float64
 
 
 def test_batched_equals_separate_and_no_grad(tiny_deepmd, gcn_frames):
