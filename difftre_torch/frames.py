@@ -4,6 +4,8 @@ eV/Å, stress eV/Å³ in ASE's sign where the file has it).
 * a file: anything ``ase.io`` reads (extxyz, ...); a compressed (x)yz file is decompressed in
   memory first (ase seeks inside the compressed stream once per frame, which grows with the
   square of the frames: 1631 frames of a 3 MB .extxyz.gz took 160 s, against 3 s decompressed);
+(:func:`write_deepmd_npy` writes labelled frames the other way.)
+
 * a folder: DeePMD-kit training data, ``deepmd/npy`` (``set.*/coord.npy``) or ``deepmd/raw``
   (``coord.raw``) systems, the folder itself or every system below it, read with dpdata. Types
   are named by the system's ``type_map.raw``, else by ``type_map`` (element symbols in type
@@ -116,6 +118,18 @@ def _subset(total: int, max_frames: int | None, seed: int) -> np.ndarray:
     if max_frames is None or max_frames >= total:
         return np.arange(total)
     return np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
+
+
+def write_deepmd_npy(frames, out: str | Path, type_map: list[str] | tuple[str, ...]) -> list[Path]:
+    """Labelled ASE frames as ``deepmd/npy`` system folders under ``out`` (dpdata, one per
+    formula; dpdata turns ASE's stress into DeePMD's virial W = −Vσ); returns the folders."""
+    import dpdata
+
+    systems = dpdata.MultiSystems(type_map=list(type_map))
+    for atoms in frames:
+        systems.append(dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=list(type_map)))
+    systems.to_deepmd_npy(str(out))
+    return sorted(p for p in Path(out).iterdir() if p.is_dir())
 
 
 def read_frames_file(path: Path, *, type_map: list[str] | None = None, max_frames: int | None = None,

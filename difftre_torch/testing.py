@@ -209,15 +209,10 @@ TINY_DEEPMD_DESCRIPTION = "DeePMD-kit se_e2_a (dp --pt train, 4 steps, float64, 
 
 
 def write_deepmd_npy(frames, out: str | Path, type_map: tuple[str, ...] = ("C", "N")) -> list[Path]:
-    """Labelled ASE frames as ``deepmd/npy`` system folders under ``out`` (dpdata, one per
-    formula); returns the folders."""
-    import dpdata
+    """:func:`difftre_torch.frames.write_deepmd_npy` with the tiny frames' types (C, N)."""
+    from difftre_torch.frames import write_deepmd_npy as write
 
-    systems = dpdata.MultiSystems(type_map=list(type_map))
-    for atoms in frames:
-        systems.append(dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=list(type_map)))
-    systems.to_deepmd_npy(str(out))
-    return sorted(p for p in Path(out).iterdir() if p.is_dir())
+    return write(frames, out, type_map)
 
 
 def tiny_deepmd_input(systems: list[str], steps: int = 4, precision: str = "float64") -> dict:

@@ -515,7 +515,7 @@ def test_compressed_frames_read_like_plain_ones(folder, capsys):
     """A gzipped frame set (read in memory: ase's own gz reading is quadratic in the frames)."""
     import gzip
 
-    from difftre_torch.workflow.build import read_all_frames
+    from difftre_torch.frames import read_frames_file as read_all_frames
 
     (folder / "frames.extxyz.gz").write_bytes(gzip.compress((folder / "frames.extxyz").read_bytes()))
     plain, packed = read_all_frames(folder / "frames.extxyz"), read_all_frames(folder / "frames.extxyz.gz")

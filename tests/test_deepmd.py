@@ -32,7 +32,7 @@ WORLD = Path(__file__).resolve().parents[1] / "data" / "world"
 @pytest.fixture(scope="module")
 def gcn_frames():
     """Two 56-atom and one 112-atom g-C3N4 frames (reality MD of the stand-in world)."""
-    from difftre_torch.workflow.build import read_all_frames
+    from difftre_torch.frames import read_frames_file as read_all_frames
 
     small = read_all_frames(WORLD / "heldout" / "train56.extxyz.gz")[:2]
     large = read_all_frames(WORLD / "heldout" / "cell112.extxyz.gz")[:1]

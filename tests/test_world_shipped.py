@@ -106,7 +106,7 @@ def test_optional_folder(folder):
 
 
 def _check_dataset():
-    from difftre_torch.workflow.build import read_all_frames
+    from difftre_torch.frames import read_frames_file as read_all_frames
 
     summary = _json("dataset/dataset.json")
     for split in ("train", "val", "test"):

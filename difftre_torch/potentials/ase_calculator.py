@@ -16,15 +16,14 @@ from difftre_torch.potentials.base import Potential, evaluate
 
 
 def potential_device_dtype(potential: Potential) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of a potential's first parameter or buffer (CPU/float64 if none)."""
+    """The device and floating dtype of a potential's first parameter or buffer (CPU/float64 if
+    none); the dtype is the potential's ``data_dtype`` where it states one (a model that takes
+    float64 data whatever it computes in)."""
     if isinstance(potential, torch.nn.Module):
-        data_dtype = getattr(potential, "data_dtype", None)  # a model that takes float64 data whatever it computes in
-        if isinstance(data_dtype, torch.dtype):
-            for tensor in list(potential.parameters()) + list(potential.buffers()):
-                return tensor.device, data_dtype
+        data_dtype = getattr(potential, "data_dtype", None)
         for tensor in list(potential.parameters()) + list(potential.buffers()):
             if tensor.is_floating_point():
-                return tensor.device, tensor.dtype
+                return tensor.device, data_dtype if isinstance(data_dtype, torch.dtype) else tensor.dtype
     return torch.device("cpu"), torch.float64
 
 

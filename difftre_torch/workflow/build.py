@@ -391,23 +391,15 @@ def make_sampler(job: JobConfig, atoms: Atoms, points: list[StatePointEntry], se
 # ----------------------------------------------------------------------------- frames
 
 
-def read_all_frames(path: Path, **options) -> list[Atoms]:
-    """Every frame of ``path`` (:func:`difftre_torch.frames.read_frames_file`: a file ase.io reads,
-    or DeePMD-kit system folders)."""
-    from difftre_torch.frames import read_frames_file
-
-    return read_frames_file(path, **options)
-
-
 def read_frames(job: JobConfig, value: str, field: str, **options) -> list[Atoms]:
     """Every frame of a labelled file or DeePMD-kit data folder (each frame's
     ``info['source_file']`` names file and frame); ``options`` as
     :func:`difftre_torch.frames.read_frames_file` takes them."""
-    from difftre_torch.frames import FramesError
+    from difftre_torch.frames import FramesError, read_frames_file
 
     path = _file(job, value, field)
     try:
-        frames = read_all_frames(path, **options)
+        frames = read_frames_file(path, **options)
     except FramesError as exc:
         raise ConfigError(f"{job.source}: {field}: {exc}") from None
     except Exception as exc:

@@ -40,7 +40,7 @@ def _model(job: JobConfig, path: str | None):
 def frames_as_samples(job: JobConfig, files: list[str], point_name: str, numbers: np.ndarray):
     """:class:`~difftre_torch.sampling.sampler.RawSamples` of the frames in ``files`` (replica k = file k)."""
     from difftre_torch.sampling.base import RawSamples
-    from difftre_torch.workflow.build import read_all_frames
+    from difftre_torch.frames import read_frames_file
 
     positions, cells, replica = [], [], []
     for k, name in enumerate(files):
@@ -48,7 +48,7 @@ def frames_as_samples(job: JobConfig, files: list[str], point_name: str, numbers
         if not path.exists():
             raise ConfigError(f"--frames: {path} does not exist")
         try:
-            frames = read_all_frames(path)
+            frames = read_frames_file(path)
         except Exception as exc:
             raise ConfigError(f"--frames: {path} could not be read by ase.io ({exc})") from None
         for j, atoms in enumerate(frames):

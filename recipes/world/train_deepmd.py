@@ -60,15 +60,9 @@ def input_json(train: list[str], val: list[str], steps: int, quick: bool = False
 
 def to_deepmd_npy(extxyz: Path, out: Path) -> list[str]:
     """The frames of ``extxyz`` as deepmd/npy folders under ``out`` (one per formula)."""
-    import dpdata
+    from difftre_torch.frames import read_frames_file, write_deepmd_npy
 
-    from difftre_torch.workflow.build import read_all_frames
-
-    systems = dpdata.MultiSystems(type_map=TYPE_MAP)
-    for atoms in read_all_frames(extxyz):
-        systems.append(dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=TYPE_MAP))
-    systems.to_deepmd_npy(str(out))
-    return sorted(str(p) for p in out.iterdir() if p.is_dir())
+    return [str(p) for p in write_deepmd_npy(read_frames_file(extxyz), out, TYPE_MAP)]
 
 
 def _dp() -> str:
