@@ -4,9 +4,10 @@ Subcommands::
 
     difftre refine CONFIG [--resume] [--fresh] [--out DIR] [--set KEY=VALUE ...]
     difftre check CONFIG [--set KEY=VALUE ...]
-    difftre compare CONFIG [--model FILE] [--frames FILE ...] [--set ...]
+    difftre compare CONFIG [--model FILE] [--frames FILE ... [--types C N | --data FILE] [--skip N]] [--set ...]
     difftre evaluate CONFIG [--model FILE ...] [--set ...]
     difftre report OUT
+    difftre export lammps OUT_DIR CONFIG_OR_RUN [--model FILE] [--types C N ...]
 
 Every failure the user can fix prints one line naming the file, the field and what was expected
 (exit code 2); MD that keeps blowing up stops with one line naming the state point, replica,
@@ -29,9 +30,12 @@ EXAMPLES = {
               "  difftre refine recipes/gc3n4/quick.yaml",
     "check": "difftre check recipes/gc3n4/quick.yaml",
     "compare": "difftre compare recipes/gc3n4/quick.yaml --model outputs/gc3n4_quick/refine/lambda_1000/"
-               "refined_potential.correction.pt",
+               "refined_potential.correction.pt\n"
+               "  difftre compare recipes/gc3n4/quick.yaml --frames dump.lammpstrj --types C N --skip 20   (your LAMMPS run)",
     "evaluate": "difftre evaluate recipes/gc3n4/quick.yaml --model data/world/base_model/base.ckpt",
     "report": "difftre report outputs/gc3n4_quick",
+    "export": "difftre export lammps lammps_model outputs/gc3n4_quick   (the main refined model of a finished run)\n"
+              "  difftre export lammps lammps_model recipes/gc3n4/quick.yaml --model FILE.correction.pt --types C N",
 }
 
 
@@ -92,8 +96,15 @@ def parser() -> argparse.ArgumentParser:
                        "χ²/bin, lattice, overlay figure")
     _common(p)
     p.add_argument("--model", default=None, help="model file (default: the config's potential)")
-    p.add_argument("--frames", nargs="*", default=None, help="trajectory files (ase.io) to compare instead of "
-                                                             "sampling; their frames in time order")
+    p.add_argument("--frames", nargs="*", default=None,
+                   help="trajectories to compare instead of sampling, each one replica with its frames in time order: "
+                        "LAMMPS text dumps (.gz too), LAMMPS data files, or anything ase.io reads (extxyz, XDATCAR, ...)")
+    p.add_argument("--types", nargs="+", default=None, metavar="ELEMENT",
+                   help="element of LAMMPS type 1, 2, ... of dumps and data files, e.g. --types C N")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="a LAMMPS data file whose Masses name the types (instead of, or checked against, --types)")
+    p.add_argument("--skip", type=int, default=0, help="leading frames of each trajectory to drop (equilibration)")
+    p.add_argument("--every", type=_positive_int, default=1, help="keep every k-th frame after --skip")
     p.add_argument("--state-point", default=None, help="the state point the frames belong to (default: the first)")
     p.add_argument("--out", default=None, help="output folder (default: <output.dir>/compare)")
 
@@ -102,6 +113,29 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", nargs="*", default=None, help="model files (default: the config's potential)")
     p.add_argument("--out", default=None, help="output folder (default: <output.dir>/evaluate)")
+
+    p = add("export", "write a refined model for an MD engine: LAMMPS pair styles (NequIP, DeePMD-kit), the pair "
+                      "correction as pair_style table files, and the input snippet in.refined")
+    p.add_argument("engine", choices=["lammps"], help="the MD engine")
+    p.add_argument("out", help="output folder")
+    p.add_argument("config", help="the output folder of a finished `difftre refine` (exports its main refined model), "
+                                  "or a job config (YAML or TOML) with --model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--model", default=None, help="the model file to export (default: the run's main refined model)")
+    p.add_argument("--types", nargs="+", default=None, metavar="ELEMENT",
+                   help="element of LAMMPS type 1, 2, ... (default: the structure's elements by atomic number)")
+    p.add_argument("--table-points", type=_positive_int, default=None,
+                   help="points of each table (default: the fewest, doubling from 1000, whose per-pair force "
+                        "error is at most --force-tolerance)")
+    p.add_argument("--force-tolerance", type=float, default=1e-6, help="per-pair force error of the tables, eV/Å")
+    p.add_argument("--inner", type=float, default=0.5, help="tables' inner radius, Å (a closer pair stops LAMMPS)")
+    p.add_argument("--no-compile", action="store_true", help="do not run nequip-compile (compile.sh holds the command)")
+    p.add_argument("--compile-device", default="cpu", help="nequip-compile --device: where LAMMPS will run (cpu, cuda)")
+    p.add_argument("--fold", action="store_true",
+                   help="NequIP: fold the pair correction into the model (one .nequip.pt2 for pair_style nequip, "
+                        "neighbour list to the correction's cut-off) instead of pair_style table files")
+    _common(p, config=False)
 
     p = add("report", "re-render REPORT.md, figures and summary.json from a finished output folder")
     p.add_argument("out", help="the output folder of `difftre refine`")
@@ -187,7 +221,17 @@ def cmd_compare(args) -> int:
 
     job = _job(args)
     out = Path(args.out) if args.out else job.out_dir / "compare"
-    result = compare(job, out, model=args.model, frames=args.frames, state_point=args.state_point)
+    if args.frames is None and (args.types or args.data or args.skip or args.every != 1):
+        from difftre_torch.config import ConfigError
+
+        raise ConfigError("--types, --data, --skip and --every apply to --frames")
+    if args.skip < 0:
+        from difftre_torch.config import ConfigError
+
+        raise ConfigError(f"--skip: expected a number of frames >= 0, got {args.skip}")
+    result = compare(job, out, model=args.model, frames=args.frames, state_point=args.state_point,
+                     types=args.types, data_file=args.data, skip=args.skip, every=args.every,
+                     log=lambda s: print(s, flush=True))
     print(result["table"])
     print(f"wrote {out}")
     return 0
@@ -205,24 +249,57 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from difftre_torch.config import ConfigError, parse_job
     from difftre_torch.workflow.report import write_report
 
     out = Path(args.out)
-    path = out / "steps" / "results.json"
-    if not path.exists():
-        raise ConfigError(f"{out}: no finished job here ({path} does not exist); run `difftre refine` first")
-    results = json.loads(path.read_text())
-    saved = results["job"]
-    job = parse_job(saved["raw"], saved["base_dir"], saved["source"])
+    job, results = _finished_run(out)
     report = write_report(results, out / "report", job)
     print(report["headline"])
     print(f"wrote {report['report']}")
     return 0
 
 
+def _finished_run(folder: Path) -> tuple:
+    """The job and results of a finished output folder (``steps/results.json``)."""
+    from difftre_torch.config import ConfigError, parse_job
+
+    path = folder / "steps" / "results.json"
+    if not path.exists():
+        raise ConfigError(f"{folder}: no finished job here ({path} does not exist); run `difftre refine` first, "
+                          "or give a config and --model")
+    results = json.loads(path.read_text())
+    saved = results["job"]
+    return parse_job(saved["raw"], saved["base_dir"], saved["source"]), results
+
+
+def cmd_export(args) -> int:
+    from difftre_torch.config import ConfigError
+    from difftre_torch.export.lammps import ExportError, LammpsExportOptions
+    from difftre_torch.workflow.tools import export_model
+
+    source = Path(args.config)
+    if source.is_dir():
+        if args.overrides:
+            raise ConfigError("--set applies to a config file, not to a finished run's folder")
+        job, results = _finished_run(source)
+    else:
+        job, results = _job(args), None
+    try:
+        options = LammpsExportOptions(table_points=args.table_points, inner_A=args.inner,
+                                      force_tolerance_eV_per_A=args.force_tolerance, compile=not args.no_compile,
+                                      compile_device=args.compile_device, fold=args.fold)
+    except ExportError as exc:
+        raise ConfigError(f"export: {exc}") from None
+    out = Path(args.out)
+    record = export_model(job, out, args.engine, model=args.model, types=args.types, options=options,
+                          results=results, run_folder=source if source.is_dir() else None, log=lambda s: print(s, flush=True))
+    print("\n".join(record["pair_lines"]))
+    print(f"wrote {out} (include {out / 'in.refined'} after read_data)")
+    return 0
+
+
 COMMANDS = {"refine": cmd_refine, "check": cmd_check, "compare": cmd_compare, "evaluate": cmd_evaluate,
-            "report": cmd_report}
+            "report": cmd_report, "export": cmd_export}
 
 
 def _warnings_as_log_lines() -> None:

@@ -22,7 +22,7 @@ that do not fill a block are dropped); σ of the mean = std(block means)/sqrt(M)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -119,16 +119,88 @@ def compare_samples(samples: RawSamples, numbers: torch.Tensor, targets: Sequenc
             raise ValueError(f"Target {t.name!r}: observable {t.observable!r} depends on θ; "
                              "compare_samples takes structural observables only")
         mean, sem = block_mean_sem(values[t.name].detach().cpu().double(), samples.replica.cpu(), n_blocks)
-        exp = t.values.numpy()
-        sig = None if t.sigma is None else t.sigma.numpy()
-        model = mean.numpy().reshape(exp.shape)
-        out.targets[t.name] = TargetComparison(
-            name=t.name, observable=t.observable, x=None if t.x is None else t.x.numpy(),
-            experiment=exp, sigma_experiment=sig, model=model, sigma_model=sem.numpy().reshape(exp.shape),
-            r_w=r_weighted(exp, model, sig),
-            chi2_per_bin=chi2_per_bin(exp, model, sig, np.nan_to_num(sem.numpy().reshape(exp.shape))),
-        )
+        out.targets[t.name] = _target_comparison(t, mean, sem)
     return out
+
+
+class BlockAccumulator:
+    """Frame mean and block means of one replica's time series, fed in chunks: the same numbers
+    as :func:`block_mean_sem` on the whole series (its first F mod M frames are left out of the
+    blocks, not of the mean), holding one chunk at a time. frames: F, known in advance."""
+
+    def __init__(self, frames: int, n_blocks: int) -> None:
+        if frames < 1:
+            raise ValueError("BlockAccumulator: no frames")
+        self.frames, self.n_blocks = frames, min(n_blocks, frames)
+        self.size = frames // self.n_blocks
+        self.skip = frames - self.size * self.n_blocks
+        self.seen = 0
+        self.total: torch.Tensor | None = None
+        self.block_sums: torch.Tensor | None = None
+
+    def add(self, values: torch.Tensor) -> None:
+        """values: [C, ...] of the next C frames, in time order (float64 on the CPU)."""
+        c = values.shape[0]
+        if self.seen + c > self.frames:
+            raise ValueError(f"BlockAccumulator: more than the {self.frames} frames announced")
+        if self.total is None:
+            self.total = torch.zeros(values.shape[1:], dtype=torch.float64)
+            self.block_sums = torch.zeros((self.n_blocks, *values.shape[1:]), dtype=torch.float64)
+        self.total += values.sum(0)
+        index = torch.arange(self.seen, self.seen + c)
+        inside = index >= self.skip
+        block = (index[inside] - self.skip) // self.size
+        self.block_sums.index_add_(0, block, values[inside])
+        self.seen += c
+
+    def block_means(self) -> torch.Tensor:
+        if self.seen != self.frames:
+            raise ValueError(f"BlockAccumulator: {self.seen} of the {self.frames} frames announced were added")
+        return self.block_sums / self.size
+
+
+def stream_mean_sem(accumulators: Sequence[BlockAccumulator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over every frame of every replica and σ = std(block means, ddof=1)/sqrt(M) over all
+    M blocks (NaN with one block), as :func:`block_mean_sem`."""
+    total = sum(a.total for a in accumulators)
+    mean = total / sum(a.frames for a in accumulators)
+    blocks = torch.cat([a.block_means() for a in accumulators])
+    if blocks.shape[0] < 2:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, statistics.mean_sem(blocks)[1]
+
+
+def compare_stream(chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]], frames_per_replica: Sequence[int],
+                   numbers: torch.Tensor, targets: Sequence[Target], state_point: str, *, n_blocks: int = 10,
+                   stats: dict | None = None) -> Comparison:
+    """:func:`compare_samples` of frames that arrive in chunks (replica k, positions [C, N, 3] Å,
+    cells [C, 3, 3] Å rows), each replica's chunks in time order and ``frames_per_replica[k]``
+    frames in all: memory holds one chunk and the block sums."""
+    targets = list(targets)
+    acc = {t.name: [BlockAccumulator(f, n_blocks) for f in frames_per_replica] for t in targets}
+    for replica, positions, cells in chunks:
+        values = static_observables(positions, cells, numbers.to(positions.device), targets, positions.shape[0])
+        for t in targets:
+            if t.name not in values:
+                raise ValueError(f"Target {t.name!r}: observable {t.observable!r} depends on θ; "
+                                 "a comparison of frames takes structural observables only")
+            acc[t.name][replica].add(values[t.name].detach().cpu().double())
+    out = Comparison(state_point, int(sum(frames_per_replica)), stats=dict(stats or {}))
+    for t in targets:
+        mean, sem = stream_mean_sem(acc[t.name])
+        out.targets[t.name] = _target_comparison(t, mean, sem)
+    return out
+
+
+def _target_comparison(t: Target, mean: torch.Tensor, sem: torch.Tensor) -> TargetComparison:
+    exp = t.values.numpy()
+    sig = None if t.sigma is None else t.sigma.numpy()
+    model = mean.numpy().reshape(exp.shape)
+    sigma_model = sem.numpy().reshape(exp.shape)
+    return TargetComparison(
+        name=t.name, observable=t.observable, x=None if t.x is None else t.x.numpy(),
+        experiment=exp, sigma_experiment=sig, model=model, sigma_model=sigma_model,
+        r_w=r_weighted(exp, model, sig), chi2_per_bin=chi2_per_bin(exp, model, sig, np.nan_to_num(sigma_model)))
 
 
 def sample_and_compare(potential, sampler, numbers: torch.Tensor, targets: Sequence[Target], *,

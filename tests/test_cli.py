@@ -164,6 +164,64 @@ def test_compare_takes_frames_the_user_has(tmp_path, capsys):
     assert main(["compare", str(job), "--frames", str(tmp_path / "missing.xyz"), "--out", str(out)]) == 2
 
 
+def _dump(path: Path, frames, atom_lines=None) -> None:
+    """``frames`` as a LAMMPS text dump (orthogonal boxes, ``id type x y z``, type 1 = Ar);
+    ``atom_lines``: how many atom lines the last frame keeps (a run cut off while writing)."""
+    text = []
+    for k, atoms in enumerate(frames):
+        lx, ly, lz = (float(v) for v in atoms.cell.lengths())
+        rows = [f"{i + 1} 1 {x!r} {y!r} {z!r}" for i, (x, y, z) in enumerate(atoms.positions.tolist())]
+        if atom_lines is not None and k == len(frames) - 1:
+            rows = rows[:atom_lines]
+        text += ["ITEM: TIMESTEP", str(100 * k), "ITEM: NUMBER OF ATOMS", str(len(atoms)),
+                 "ITEM: BOX BOUNDS pp pp pp", f"0 {lx!r}", f"0 {ly!r}", f"0 {lz!r}", "ITEM: ATOMS id type x y z", *rows]
+    path.write_text("\n".join(text) + "\n")
+
+
+def test_compare_reads_lammps_dumps_and_names_what_is_wrong(tmp_path, capsys):
+    """`difftre compare --frames dump --types Ar`: the numbers of the same frames as extxyz; a
+    truncated last frame is reported and left out; an unknown type, missing columns or a
+    changing atom count stop with one line naming file, frame and field (exit 2)."""
+    from ase.io import read
+
+    job = _tiny_job(tmp_path)
+    _labelled_frames(tmp_path / "traj.extxyz", job, 6)
+    frames = read(tmp_path / "traj.extxyz", index=":")
+    _dump(tmp_path / "run.lammpstrj", frames)
+    assert main(["compare", str(job), "--frames", str(tmp_path / "traj.extxyz"), "--out", str(tmp_path / "a")]) == 0
+    assert main(["compare", str(job), "--frames", str(tmp_path / "run.lammpstrj"), "--types", "Ar",
+                 "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / x / "compare.json").read_text())["T181"] for x in "ab")
+    np.testing.assert_allclose(b["targets"]["rdf"]["model"], a["targets"]["rdf"]["model"], rtol=1e-12, atol=1e-12)
+    capsys.readouterr()
+
+    _dump(tmp_path / "cut.lammpstrj", frames + frames[:1], atom_lines=20)
+    assert main(["compare", str(job), "--frames", str(tmp_path / "cut.lammpstrj"), "--types", "Ar",
+                 "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "warning" in out and "cut.lammpstrj" in out and "frame 6" in out and "skipped" in out
+    c = json.loads((tmp_path / "c" / "compare.json").read_text())["T181"]
+    assert c["frames"] == 6
+    np.testing.assert_allclose(c["targets"]["rdf"]["model"], a["targets"]["rdf"]["model"], rtol=1e-12, atol=1e-12)
+
+    def fails(path, *extra):
+        assert main(["compare", str(job), "--frames", str(path), *extra, "--out", str(tmp_path / "d")]) == 2
+        return capsys.readouterr().err
+
+    err = fails(tmp_path / "run.lammpstrj", "--types", "C")  # type 1 is C: not the config's Ar atoms
+    assert "run.lammpstrj" in err and "frame 0" in err and "atoms" in err
+    text = (tmp_path / "run.lammpstrj").read_text()
+    (tmp_path / "notype.lammpstrj").write_text(text.replace("2 1 ", "2 3 ", 1))
+    err = fails(tmp_path / "notype.lammpstrj", "--types", "Ar")
+    assert "notype.lammpstrj" in err and "frame 0" in err and "'type'" in err and "[3]" in err
+    (tmp_path / "nocols.lammpstrj").write_text(text.replace("id type x y z", "id type x y"))
+    err = fails(tmp_path / "nocols.lammpstrj", "--types", "Ar")
+    assert "nocols.lammpstrj" in err and "frame 0" in err and "z" in err
+    _dump(tmp_path / "grow.lammpstrj", [frames[0], frames[1].repeat((2, 1, 1))])
+    err = fails(tmp_path / "grow.lammpstrj", "--types", "Ar")
+    assert "grow.lammpstrj" in err and "frame 1" in err and "NUMBER OF ATOMS" in err
+
+
 def test_evaluate_a_model_against_its_own_labels(tmp_path, capsys):
     """`difftre evaluate`: labels made by the config's own potential give zero error and a zero
     paired difference between two copies of it."""

@@ -8,7 +8,15 @@ import torch
 from ase.io import read
 
 import difftre_torch
-from difftre_torch.compare import block_mean_sem, chi2_per_bin, compare_samples, r_weighted, sample_and_compare
+from difftre_torch.compare import (
+    BlockAccumulator,
+    block_mean_sem,
+    chi2_per_bin,
+    compare_samples,
+    compare_stream,
+    r_weighted,
+    sample_and_compare,
+)
 from difftre_torch.experiment.readers import read_experiment
 from difftre_torch.experiment.target import Target
 from difftre_torch.potentials import LennardJones
@@ -77,6 +85,38 @@ def test_compare_samples_equals_direct_frame_mean_and_rejects_theta_observables(
     assert out.frames == 6 and out.to_json()["targets"]["rdf"]["x"][0] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="depends on θ"):
         compare_samples(samples, numbers, [Target("p", "pressure", [0.0])])
+
+
+def test_streamed_frames_give_the_numbers_of_frames_in_memory():
+    """compare_stream over chunks that do not divide the blocks (two replicas of 11 and 8
+    frames, chunks of 3, 4 blocks) equals compare_samples on all frames at once, to rounding."""
+    atoms = read(DEFAULT / "lj_argon_start.extxyz")
+    rng = np.random.default_rng(5)
+    frames = [11, 8]
+    pos = torch.as_tensor(atoms.positions[None] + rng.normal(scale=0.15, size=(sum(frames), len(atoms), 3)))
+    cells = torch.as_tensor(np.repeat(atoms.cell.array[None], sum(frames), 0))
+    replica = torch.tensor([0] * frames[0] + [1] * frames[1])
+    numbers = torch.as_tensor(atoms.numbers)
+    target = Target("rdf", "rdf", torch.ones(21), x=torch.linspace(2.0, 6.0, 21, dtype=torch.float64))
+    whole = compare_samples(RawSamples(StatePoint("T", 100.0), pos, cells, replica), numbers, [target], n_blocks=4)
+
+    def chunks(size=3):
+        for k in (0, 1):
+            idx = torch.nonzero(replica == k)[:, 0]
+            for a in range(0, len(idx), size):
+                yield k, pos[idx[a:a + size]], cells[idx[a:a + size]]
+
+    streamed = compare_stream(chunks(), frames, numbers, [target], "T", n_blocks=4)
+    a, b = whole.targets["rdf"], streamed.targets["rdf"]
+    np.testing.assert_allclose(b.model, a.model, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(b.sigma_model, a.sigma_model, rtol=1e-10, atol=1e-14)
+    assert b.chi2_per_bin == pytest.approx(a.chi2_per_bin, rel=1e-10) and streamed.frames == 19
+    acc = BlockAccumulator(5, 2)
+    acc.add(torch.ones(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="3 of the 5 frames"):
+        acc.block_means()
+    with pytest.raises(ValueError, match="more than the 5 frames"):
+        acc.add(torch.ones(3, 2, dtype=torch.float64))
 
 
 def test_lj_fluid_right_sigma_agrees_wrong_sigma_does_not():

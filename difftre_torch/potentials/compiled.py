@@ -74,6 +74,22 @@ def _nequip_compile_script() -> str:
     return console_script("nequip-compile", "is nequip installed?")
 
 
+class NequipCompileError(RuntimeError):
+    """``nequip-compile`` failed; ``stderr`` holds what it wrote there."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def compile_command(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                    device: str | torch.device = "cpu", target: str = "batch",
+                    extra_args: tuple[str, ...] = (), script: str = "nequip-compile") -> list[str]:
+    """The ``nequip-compile`` command line of :func:`compile_nequip` (``script``: the program)."""
+    return [script, str(input_path), str(output_path), "--mode", "aotinductor", "--device", str(device),
+            "--target", target, *extra_args]
+
+
 def compile_nequip(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
                    device: str | torch.device = "cpu", target: str = "batch",
                    extra_args: tuple[str, ...] = ()) -> Path:
@@ -83,9 +99,9 @@ def compile_nequip(input_path: str | os.PathLike, output_path: str | os.PathLike
     writes is accepted). output_path: must end in ``.nequip.pt2`` (nequip's rule); written
     atomically (compiled to a temporary name in the same folder, then renamed). device: where
     the compiled model will run (an AOTI model runs only there). target: nequip's compile target;
-    ``batch`` for the samplers here. extra_args: more nequip-compile options (e.g.
-    ``("--modifiers", "enable_CuEquivariance")``). Returns the output path; RuntimeError with
-    nequip-compile's output on failure.
+    ``batch`` for the samplers here, ``pair_nequip`` for LAMMPS. extra_args: more nequip-compile
+    options (e.g. ``("--modifiers", "enable_CuEquivariance")``). Returns the output path;
+    :class:`NequipCompileError` (a RuntimeError) with nequip-compile's output on failure.
     """
     input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
     if not output_path.name.endswith(".nequip.pt2"):
@@ -98,14 +114,15 @@ def compile_nequip(input_path: str | os.PathLike, output_path: str | os.PathLike
     output_path.parent.mkdir(parents=True, exist_ok=True)
     stem = output_path.name[: -len(".nequip.pt2")]
     partial = output_path.with_name(f".{stem}.partial-{os.getpid()}.nequip.pt2")
-    command = [_nequip_compile_script(), str(input_path), str(partial), "--mode", "aotinductor",
-               "--device", str(device), "--target", target, *extra_args]
+    command = compile_command(input_path, partial, device=device, target=target, extra_args=extra_args,
+                              script=_nequip_compile_script())
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0 or not partial.exists():
-            raise RuntimeError(f"compile_nequip: nequip-compile failed for {input_path} "
-                               f"(exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+            raise NequipCompileError(f"compile_nequip: nequip-compile failed for {input_path} "
+                                     f"(exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}",
+                                     result.stderr)
         os.replace(partial, output_path)
     finally:
         partial.unlink(missing_ok=True)

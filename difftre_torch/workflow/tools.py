@@ -37,37 +37,61 @@ def _model(job: JobConfig, path: str | None):
     return build_base_potential(job, p)
 
 
-def frames_as_samples(job: JobConfig, files: list[str], point_name: str, numbers: np.ndarray):
-    """:class:`~difftre_torch.sampling.sampler.RawSamples` of the frames in ``files`` (replica k = file k)."""
-    from difftre_torch.sampling.base import RawSamples
-    from difftre_torch.frames import read_frames_file
+def trajectory_chunks(files: list[str], numbers: np.ndarray | None = None, *, type_map: dict[int, int] | None = None,
+                      skip: int = 0, every: int = 1, chunk: int = 32, progress: bool = True):
+    """The frames of ``files`` (file k = replica k, its frames in time order) for
+    :func:`difftre_torch.compare.compare_stream`: returns (frames per file, atomic numbers [N],
+    an iterator of (k, positions [C, N, 3] Å, cells [C, 3, 3] Å rows)), memory one chunk of
+    frames. Every frame must hold the first frame's atoms in the same order (a TrajectoryError
+    names file, frame and field otherwise). numbers: expected atoms (None: the first frame's)."""
+    from difftre_torch.trajectories import TrajectoryError, count_frames, iter_frames
 
-    positions, cells, replica = [], [], []
-    for k, name in enumerate(files):
-        path = Path(name)
+    paths = [Path(f) for f in files]
+    for path in paths:
         if not path.exists():
             raise ConfigError(f"--frames: {path} does not exist")
-        try:
-            frames = read_frames_file(path)
-        except Exception as exc:
-            raise ConfigError(f"--frames: {path} could not be read by ase.io ({exc})") from None
-        for j, atoms in enumerate(frames):
-            if len(atoms) != len(numbers) or not np.array_equal(atoms.numbers, numbers):
-                raise ConfigError(f"--frames: {path} frame {j}: its atoms ({atoms.get_chemical_formula()}, "
-                                  f"{len(atoms)}) are not the config's system ({len(numbers)} atoms in the same order)")
-            positions.append(atoms.positions)
-            cells.append(atoms.cell.array)
-            replica.append(k)
-    point = job.point(point_name).state_point()
-    return RawSamples(point, torch.as_tensor(np.array(positions)), torch.as_tensor(np.array(cells)),
-                      torch.as_tensor(replica), {"source": [str(f) for f in files]})
+    counts = [len(range(skip, count_frames(p), every)) for p in paths]
+    for path, n in zip(paths, counts):
+        if n < 1:
+            raise ConfigError(f"--frames: {path} has no frames left after --skip {skip} --every {every}")
+    first = next(iter_frames(paths[0], type_map=type_map, skip=skip, every=every))
+    reference = first.numbers if numbers is None else np.asarray(numbers)
+
+    def chunks():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(counts), desc="frames", unit="frame", disable=None if progress else True)
+        for k, path in enumerate(paths):
+            positions, cells = [], []
+            for frame in iter_frames(path, type_map=type_map, skip=skip, every=every):
+                if len(frame.numbers) != len(reference) or not np.array_equal(frame.numbers, reference):
+                    raise TrajectoryError(f"{path}: frame {frame.index}" + (
+                        f" (timestep {frame.timestep})" if frame.timestep is not None else "")
+                        + f": field atoms: {len(frame.numbers)} atoms, not the {len(reference)} atoms of "
+                        f"{paths[0]} frame {first.index} in the same order")
+                positions.append(frame.positions)
+                cells.append(frame.cell)
+                if len(positions) == chunk:
+                    yield k, torch.as_tensor(np.array(positions)), torch.as_tensor(np.array(cells))
+                    bar.update(len(positions))
+                    positions, cells = [], []
+            if positions:
+                yield k, torch.as_tensor(np.array(positions)), torch.as_tensor(np.array(cells))
+                bar.update(len(positions))
+        bar.close()
+
+    return counts, reference, chunks()
 
 
 def compare(job: JobConfig, out: Path, model: str | None = None, frames: list[str] | None = None,
-            state_point: str | None = None) -> dict:
+            state_point: str | None = None, types: list[str] | None = None, data_file: str | None = None,
+            skip: int = 0, every: int = 1, log=print) -> dict:
     """Compare a model (or frames) with the experiment; writes ``out/compare.json`` and
-    ``out/functions.png``; returns {"comparison", "table"}."""
-    from difftre_torch.compare import compare_samples
+    ``out/functions.png``; returns {"comparison", "table"}. Frames: any file
+    :mod:`difftre_torch.trajectories` reads (LAMMPS dumps and data files, ase.io formats), LAMMPS
+    types named by ``types`` (element symbols in type order) or ``data_file``'s Masses; the
+    first ``skip`` frames of each file dropped, then every ``every``-th kept."""
+    from difftre_torch.compare import compare_stream
     from difftre_torch.workflow.report import figure_functions
     from difftre_torch.workflow.steps import compare_model
 
@@ -81,9 +105,24 @@ def compare(job: JobConfig, out: Path, model: str | None = None, frames: list[st
         except KeyError:
             raise ConfigError(f"--state-point: {name!r} is not a state point of {job.source}") from None
         mine = comparable(targets, point)
-        samples = frames_as_samples(job, frames, name, atoms.numbers)
-        comparison = {name: compare_samples(samples, torch.as_tensor(atoms.numbers), mine,
-                                            n_blocks=job.compare.n_blocks).to_json()}
+        from difftre_torch.trajectories import parse_type_map
+
+        type_map = parse_type_map(types, data_file)
+        counts, numbers, chunks = trajectory_chunks(frames, type_map=type_map, skip=skip, every=every)
+        from ase.data import chemical_symbols
+
+        expected = sorted(set(atoms.get_chemical_symbols()))
+        found = sorted({chemical_symbols[z] for z in numbers})
+        if found != expected:
+            raise ConfigError(f"--frames: {frames[0]} frame {skip}: field atoms: elements {found}, not the config's "
+                              f"{expected} (check --types, or the data file's Masses)")
+        if len(numbers) != len(atoms):
+            log(f"note: the frames hold {len(numbers)} atoms, the config's structure {len(atoms)}: targets whose "
+                "options describe the cell (repeats, layers_per_cell) are taken as the config states them")
+        comparison = {name: compare_stream(chunks, counts, torch.as_tensor(numbers), mine, name,
+                                           n_blocks=job.compare.n_blocks,
+                                           stats={"source": [str(f) for f in frames], "frames_per_file": counts,
+                                                  "skip": skip, "every": every}).to_json()}
     else:
         comparison = compare_model(job, _model(job, model), atoms, targets, fit)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,3 +164,55 @@ def evaluate(job: JobConfig, out: Path, models: list[str] | None = None) -> dict
                             f"{e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}] | "
                             + ("" if p is None else f"{p['value']:+.2f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]") + " |")
     return {"results": results, "table": "\n".join(rows)}
+
+
+def main_refined_model(job: JobConfig, results: dict | None = None, run_folder: Path | None = None) -> Path:
+    """The refined model of the main λ that ``difftre refine`` wrote for ``job`` (from the output
+    folder's ``steps/results.json``; ``results``: that file already read; ``run_folder``: where
+    the run lies now, if it was moved or is read from another working directory)."""
+    folder = run_folder or job.out_dir
+    path = folder / "steps" / "results.json"
+    if results is None:
+        if not path.exists():
+            raise ConfigError(f"{job.source}: no refined model: {path} does not exist (run `difftre refine` "
+                              "first, or give --model FILE)")
+        import json
+
+        results = json.loads(path.read_text())
+    model = (results.get("refine") or {}).get("refined", {}).get("model")
+    if not model:
+        raise ConfigError(f"{path}: the refinement has not finished (no refine.refined.model); give --model FILE")
+    model = Path(model)
+    if not model.exists():  # recorded relative to the working directory of the run: refine/lambda_<λ>/<file>
+        model = folder.joinpath(*model.parts[-3:])
+    return model
+
+
+def export_model(job: JobConfig, out: Path, engine: str = "lammps", model: str | None = None,
+                 types: list[str] | None = None, options=None, results: dict | None = None,
+                 run_folder: Path | None = None, log=print) -> dict:
+    """Write the refined model (``model``, default :func:`main_refined_model`) for ``engine``
+    into ``out``: see :mod:`difftre_torch.export.lammps`. types: element symbols in LAMMPS type
+    order (default: the structure's elements by atomic number)."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    from difftre_torch.export.lammps import ExportError, export_lammps
+
+    if engine != "lammps":
+        raise ConfigError(f"export: unknown engine {engine!r} (known: lammps)")
+    path = Path(model) if model else main_refined_model(job, results, run_folder)
+    potential = _model(job, str(path))
+    atoms = build_system(job)
+    present = sorted(set(int(z) for z in atoms.numbers))
+    if types:
+        unknown = [t for t in types if t not in atomic_numbers]
+        missing = [chemical_symbols[z] for z in present if chemical_symbols[z] not in types]
+        if unknown or missing or len(set(types)) != len(types):
+            raise ConfigError(f"--types: expected distinct element symbols covering the structure's "
+                              f"{[chemical_symbols[z] for z in present]}, got {types}")
+    species = list(types) if types else [chemical_symbols[z] for z in present]
+    log(f"exporting {path} for LAMMPS (types: " + ", ".join(f"{k + 1} = {s}" for k, s in enumerate(species)) + ")")
+    try:
+        return export_lammps(potential, out, species, options=options, structure=atoms, source=str(path), log=log)
+    except ExportError as exc:
+        raise ConfigError(f"export {path}: {exc}") from None
