@@ -7,7 +7,9 @@
 #      measured on an H100) / benchmarks.sampling --device cuda, into a copy of
 #      benchmarks/RESULTS.md (sections "## update on CUDA", "## sampling on CUDA", and
 #      "## sampling, DeePMD-kit on CUDA" where DeePMD-kit is installed);
-#   3. the g-C3N4 recipe in quick mode on the GPU with the time that is left (its log says how
+#   3. `difftre export lammps --compile-device cuda` of the NequIP base: nequip-compile for
+#      pair_nequip on the GPU (the file LAMMPS there would load);
+#   4. the g-C3N4 recipe in quick mode on the GPU with the time that is left (its log says how
 #      far it got and how long each step took).
 # Usage: bash benchmarks/cuda_checks.sh OUT_DIR [BUDGET_S]   (default outputs/cuda_checks, 540 s)
 set -u
@@ -44,5 +46,7 @@ stage bench_sampling 130 python3 -m benchmarks.sampling --device cuda --model ne
 if python3 -c "import deepmd.pt" 2>/dev/null; then  # the deepmd extra: batched DeePMD frames on the GPU
     stage bench_sampling_deepmd 60 python3 -m benchmarks.sampling --device cuda --model deepmd --seconds 2 --out "$out/RESULTS.md"
 fi
+stage export_lammps_cuda 150 python3 -m difftre_torch export lammps "$out/lammps_cuda" recipes/gc3n4/quick.yaml \
+    --model data/world/base_model/base.ckpt --compile-device cuda
 stage gc3n4_quick $(($(left) - 10)) python3 -m difftre_torch refine recipes/gc3n4/quick.yaml --out "${TMPDIR:-/tmp}/gc3n4_cuda"
 echo "total $((SECONDS - start)) s" >>"$out/summary.txt"

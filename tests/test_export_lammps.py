@@ -93,7 +93,7 @@ def test_export_folder_holds_what_lammps_needs(exported):
     snippet = (out / "in.refined").read_text()
     n = record["correction"]["points"]
     assert f"pair_style hybrid/overlay nequip table linear {n}" in snippet
-    assert "pair_coeff * * nequip base.nequip.pt2 C N" in snippet and "newton off" in snippet
+    assert "pair_coeff * * nequip base.nequip.pt2 C N" in snippet and "\nnewton off on\n" in snippet
     assert "pair_coeff 1 2 table correction.table C_N" in snippet and "1 = C, 2 = N" in snippet
     e = record["correction"]["errors"]
     assert 0 < e["max_pair_force_error_eV_per_A"] <= 1e-6 and 0 < e["max_pair_energy_error_eV"] < 1e-6
@@ -125,6 +125,42 @@ def test_fold_writes_one_nequip_model(exported, tmp_path):
     b = evaluate(folded, x.float(), h.float(), z, forces=True)
     assert float(b.energy[0].detach()) == pytest.approx(float(a.energy[0].detach()), abs=1e-4 * len(unit))
     assert torch.allclose(b.forces, a.forces.to(b.forces.dtype), atol=1e-4)
+
+
+def test_cli_exports_a_deepmd_refined_model(tmp_path, capsys):
+    """`difftre export lammps OUT CONFIG --model FILE.correction.pt`: the DeePMD base as a .pth
+    that DeePMD-kit loads with the model's own energies, under hybrid/overlay with the tables;
+    a --types that leaves out an element stops with one line (exit 2)."""
+    pytest.importorskip("deepmd")
+    from ase.io import read
+
+    from difftre_torch.cli import main
+    from difftre_torch.config import load_job
+    from difftre_torch.potentials.base import evaluate
+    from difftre_torch.potentials.deepmd import load_deepmd
+    from difftre_torch.potentials.io import save_potential
+    from difftre_torch.workflow.build import build_potential
+
+    config = QUICK.with_name("deepmd_quick.yaml")
+    unit = read(WORLD / "structures" / "teacher_unit.extxyz")
+    potential = build_potential(load_job(config), unit)
+    with torch.no_grad():
+        potential.correction.coefficients.copy_(torch.tensor(COEFFICIENTS))
+    model = save_potential(potential, tmp_path / "refined")
+    out = tmp_path / "lammps"
+    assert main(["export", "lammps", str(out), str(config), "--model", str(model)]) == 0
+    record = json.loads((out / "export.json").read_text())
+    assert record["pair_lines"][:2] == [f"pair_style hybrid/overlay deepmd base.pth table linear "
+                                        f"{record['correction']['points']}", "pair_coeff * * deepmd C N"]
+    assert record["model"] == str(model) and (out / "structure.data").exists()
+    x, h = torch.as_tensor(unit.positions)[None], torch.as_tensor(unit.cell.array)[None]
+    z = torch.as_tensor(unit.numbers)
+    exported = evaluate(load_deepmd(out / "base.pth"), x, h, z, forces=True)
+    own = evaluate(potential.base, x, h, z, forces=True)
+    assert torch.allclose(exported.forces, own.forces, atol=1e-10)
+    capsys.readouterr()
+    assert main(["export", "lammps", str(tmp_path / "bad"), str(config), "--model", str(model), "--types", "C"]) == 2
+    assert "--types" in capsys.readouterr().err
 
 
 def emulated(correction, tables, positions, cell, numbers):
@@ -202,9 +238,10 @@ def lammps_npt(exported, lr, tmp_path_factory):
     """LAMMPS NPT (300 K, 1 bar, Nosé-Hoover, full cell) of the refined model: the base through
     fix external, the correction through the exported tables; frames every 10 fs after 0.5 ps,
     recorded by the callback and dumped at full precision."""
-    _, potential, unit, out, _ = exported
+    _, potential, unit, out, record = exported
     folder = tmp_path_factory.mktemp("lammps_npt")
-    lmp = lr.start(out / "structure.data", extra=lr.table_commands(out))
+    # the snippet's own set-up lines (newton pair off for pair_nequip) after read_data, as a user's input has them
+    lmp = lr.start(out / "structure.data", extra=record["base"]["setup"] + lr.table_commands(out))
     numbers = lr.numbers_from_types(lr.types_in_id_order(lmp), ["C", "N"])
     model = lr.ExternalModel(lmp, potential.base, numbers, record_every=STEPS["every"])
     lmp.commands_list(["timestep 0.001", "velocity all create 300.0 4928 mom yes rot yes dist gaussian",
@@ -284,3 +321,41 @@ def test_lammps_dump_reads_like_the_same_frames_as_extxyz(exported, lammps_npt, 
     for name, t in a[point]["targets"].items():
         np.testing.assert_allclose(t["model"], b[point]["targets"][name]["model"], rtol=1e-9, atol=1e-9)
         assert t["r_w"] == pytest.approx(b[point]["targets"][name]["r_w"], rel=1e-9)
+
+
+@pytest.mark.lammps_native
+@pytest.mark.parametrize("family", ["nequip", "deepmd"])
+def test_exported_deck_runs_with_the_native_style(lr, family, tmp_path, monkeypatch):
+    """Where the installed LAMMPS has pair_style nequip / deepmd (built in, or a plugin that
+    LAMMPS_PLUGIN_PATH autoloads): the exported in.refined, as written, gives difftre_torch's
+    energy (per-atom constants aside) and forces of the refined model on the job's structure."""
+    from ase.io import read
+
+    from difftre_torch.config import load_job
+    from difftre_torch.potentials.base import evaluate
+    from difftre_torch.workflow.build import build_potential
+
+    probe = lr.import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    present = probe.has_style("pair", family)
+    probe.close()
+    if not present:
+        pytest.skip(f"this LAMMPS has no pair_style {family} (README: building the plugins)")
+    config = QUICK if family == "nequip" else QUICK.with_name("deepmd_quick.yaml")
+    job = load_job(config, ["potential.dtype=float64"] if family == "nequip" else [])
+    unit = read(WORLD / "structures" / "teacher_unit.extxyz")
+    potential = build_potential(job, unit.repeat((2, 2, 1)))
+    with torch.no_grad():
+        potential.correction.coefficients.copy_(torch.tensor(COEFFICIENTS))
+    record = export_lammps(potential, tmp_path, ["C", "N"], structure=unit.repeat((2, 2, 1)), log=lambda s: None)
+    monkeypatch.chdir(tmp_path)  # in.refined names its files relative to the folder
+    lmp = lr.start("structure.data", extra=["include in.refined", "thermo_style custom step pe", "run 0"])
+    pe, f = lmp.get_thermo("pe"), lr.forces(lmp)
+    x, cell = lr.positions_and_cell(lmp)
+    numbers = lr.numbers_from_types(lr.types_in_id_order(lmp), ["C", "N"])
+    lmp.close()
+    ours = evaluate(potential, torch.as_tensor(x)[None], torch.as_tensor(cell)[None], torch.as_tensor(numbers),
+                    forces=True)
+    constants = record["correction"]["per_atom_constants_eV"]
+    e = float(ours.energy[0].detach()) - sum(constants["C" if z == 6 else "N"] for z in numbers)
+    assert pe == pytest.approx(e, abs=1e-5 * len(numbers))
+    assert np.abs(f - ours.forces[0].detach().double().numpy()).max() < 1e-4

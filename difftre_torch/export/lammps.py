@@ -36,6 +36,8 @@ from difftre_torch.export import tables as tab
 
 TABLE_FILE = "correction.table"
 SNIPPET = "in.refined"
+# pair_nequip needs newton pair off; newton bond stays on (it cannot change after read_data)
+NEWTON_PAIR_OFF = "newton off on"
 NEQUIP_LIMIT = ("pair_style nequip comes with the pair_nequip_allegro plugin (LAMMPS 10 Sep 2025 or newer); "
                 "it needs `newton off` and refuses more than one MPI rank")
 
@@ -74,7 +76,7 @@ class LammpsExportOptions:
 class BaseStyle:
     """The base model's LAMMPS pair style: ``style`` (pair_style word), ``style_args`` (after
     the word in ``pair_style``), ``coeff_args`` (after ``* *`` and, under hybrid, the style name
-    in ``pair_coeff``), the files written, the lines the style needs before it (``newton off``),
+    in ``pair_coeff``), the files written, the lines the style needs before it (``newton off on``),
     its limits in words and the compile command (NequIP)."""
 
     style: str
@@ -125,7 +127,7 @@ def write_base(base: torch.nn.Module, out: Path, species: list[str], options: La
     limits = [NEQUIP_LIMIT]
     written = save_potential(base, out / "base")
     if source.format == "torchscript":  # already what pair_nequip's TorchScript path loads
-        return BaseStyle("nequip", [], [written.name, *types], [written.name], ["newton off"], limits)
+        return BaseStyle("nequip", [], [written.name, *types], [written.name], [NEWTON_PAIR_OFF], limits)
     from difftre_torch.export.nequip import compile_for_lammps
     from difftre_torch.potentials.compiled import compile_command
 
@@ -136,7 +138,7 @@ def write_base(base: torch.nn.Module, out: Path, species: list[str], options: La
         log(f"compiling the NequIP base for pair_nequip ({options.compile_device}) ...")
         compile_for_lammps(written, compiled, options.compile_device)
         files.append(compiled.name)
-    return BaseStyle("nequip", [], [compiled.name, *types], files, ["newton off"], limits, command)
+    return BaseStyle("nequip", [], [compiled.name, *types], files, [NEWTON_PAIR_OFF], limits, command)
 
 
 def pair_lines(base: BaseStyle, table: tuple[list[tab.PairTable], int] | None, species: list[str]) -> list[str]:
@@ -227,7 +229,7 @@ def write_folded(potential, out: Path, species: list[str], options: LammpsExport
         log(f"compiling the folded model for pair_nequip ({options.compile_device}) ...")
         compile_for_lammps(folded, compiled, options.compile_device)
         files.append(compiled.name)
-    return BaseStyle("nequip", [], [compiled.name, *model_type_names(potential.base, species)], files, ["newton off"],
+    return BaseStyle("nequip", [], [compiled.name, *model_type_names(potential.base, species)], files, [NEWTON_PAIR_OFF],
                      [NEQUIP_LIMIT,
                       f"folded: base and pair correction in one model; its neighbour list reaches "
                       f"{potential.correction.cutoff_A} A (the correction's cut-off), the per-atom constants included"],

