@@ -162,6 +162,22 @@ def test_cli_exports_a_deepmd_refined_model(tmp_path, capsys):
     assert main(["export", "lammps", str(tmp_path / "bad"), str(config), "--model", str(model), "--types", "C"]) == 2
     assert "--types" in capsys.readouterr().err
 
+    # a finished run's folder: its main refined model, recorded relative to where the run was started
+    from difftre_torch.checkpoint import atomic_write_json
+
+    job = load_job(config)
+    run = tmp_path / "run"
+    (run / "refine" / "lambda_1000").mkdir(parents=True)
+    for f in tmp_path.glob("refined*"):
+        f.rename(run / "refine" / "lambda_1000" / f.name)
+    atomic_write_json(run / "steps" / "results.json", {
+        "job": {"raw": job.raw, "base_dir": str(job.base_dir), "source": job.source},
+        "refine": {"refined": {"model": f"elsewhere/refine/lambda_1000/{model.name}"}}})
+    assert main(["export", "lammps", str(tmp_path / "from_run"), str(run)]) == 0
+    assert json.loads((tmp_path / "from_run" / "export.json").read_text())["model"].startswith(str(run))
+    assert main(["export", "lammps", str(tmp_path / "none"), str(tmp_path / "lammps")]) == 2
+    assert "no finished job" in capsys.readouterr().err
+
 
 def emulated(correction, tables, positions, cell, numbers):
     """Energy and forces of LAMMPS's linear interpolation of ``tables`` (tables.lammps_linear

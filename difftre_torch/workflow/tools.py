@@ -1,12 +1,16 @@
-"""``difftre compare`` and ``difftre evaluate``: one objective at a time, for any model file.
+"""``difftre compare``, ``difftre evaluate`` and ``difftre export``: one objective at a time,
+for any model file, and the refined model out to an MD engine.
 
 * :func:`compare`: a model's ensemble against the experiment (objective 1), sampled at the
-  config's ``compare`` state points, or computed from frames the user already has (any file
-  ase.io reads; each file one replica, frames in time order, so block errors follow the time
-  order): R_w, χ²/bin, scalar targets, an overlay figure and ``compare.json``.
+  config's ``compare`` state points, or computed from frames the user already has (LAMMPS
+  dumps and data files, any file ase.io reads: :mod:`difftre_torch.trajectories`, streamed;
+  each file one replica, frames in time order, so block errors follow the time order): R_w,
+  χ²/bin, scalar targets, an overlay figure and ``compare.json``.
 * :func:`evaluate`: models against the config's labelled frame sets (errors with bootstrap 95 %
   intervals), with the paired difference of every further model against the first on the same
   frames; ``evaluate.json``.
+* :func:`export_model`: the refined model (a finished run's main one, or a file) for LAMMPS
+  (:mod:`difftre_torch.export.lammps`).
 """
 
 from __future__ import annotations
