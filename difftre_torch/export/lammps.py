@@ -243,8 +243,9 @@ def finish(record: dict, style: BaseStyle, lines: list[str], out: Path, structur
     record["pair_lines"] = lines
     if style.compile_command:
         script = out / "compile.sh"
-        script.write_text("#!/bin/sh\n# compile the NequIP base on the machine that runs LAMMPS "
-                          "(--device cuda for a GPU)\n" + " ".join(style.compile_command) + "\n")
+        script.write_text("#!/bin/sh\n# compile the NequIP model on the machine that runs LAMMPS "
+                          "(--device cuda for a GPU)\ncd \"$(dirname \"$0\")\" || exit 1\n"
+                          + " ".join(style.compile_command) + "\n")
         script.chmod(0o755)
     (out / SNIPPET).write_text(snippet(record, style, lines))
     if structure is not None:
