@@ -23,7 +23,6 @@ A model with a refined base and no correction (``refine.parameters: model``) is 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -304,8 +303,4 @@ def example_deck(species: list[str]) -> str:
         "run 10000",
         f"# compare: difftre compare CONFIG --frames dump.lammpstrj --types {' '.join(species)}", ""])
 
-
-def read_record(out_dir: str | Path) -> dict:
-    """The ``export.json`` of an export folder."""
-    return json.loads((Path(out_dir) / "export.json").read_text())
 

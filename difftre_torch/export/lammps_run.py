@@ -90,8 +90,11 @@ class ExternalModel:
     step writes, since the forces of step t are taken at the positions of step t."""
 
     def __init__(self, lmp, potential, numbers: np.ndarray, fix_id: str = "model", record_every: int = 0) -> None:
+        from difftre_torch.potentials.ase_calculator import potential_device_dtype
+
         self.lmp, self.potential, self.fix_id = lmp, potential, fix_id
-        self.numbers = torch.as_tensor(np.asarray(numbers), dtype=torch.long)
+        self.device, self.dtype = potential_device_dtype(potential)  # once, not in every MD step
+        self.numbers = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=self.device)
         self.record_every = int(record_every)
         self.frames: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.calls = 0
@@ -100,17 +103,15 @@ class ExternalModel:
         lmp.set_fix_external_callback(fix_id, self._callback, None)
 
     def _callback(self, caller, step, nlocal, tag, x, f) -> None:
-        from difftre_torch.potentials.ase_calculator import potential_device_dtype
         from difftre_torch.potentials.base import evaluate
 
         order = np.argsort(tag[:nlocal])
-        device, dtype = potential_device_dtype(self.potential)
         x_sorted, box = np.array(x[:nlocal])[order], lammps_cell(self.lmp)
         if self.record_every and step % self.record_every == 0 and (not self.frames or self.frames[-1][0] != step):
             self.frames.append((int(step), x_sorted.copy(), box.copy()))
-        positions = torch.as_tensor(x_sorted, dtype=dtype, device=device)[None]
-        cell = torch.as_tensor(box, dtype=dtype, device=device)[None]
-        out = evaluate(self.potential, positions, cell, self.numbers.to(device), forces=True, stress=True)
+        positions = torch.as_tensor(x_sorted, dtype=self.dtype, device=self.device)[None]
+        cell = torch.as_tensor(box, dtype=self.dtype, device=self.device)[None]
+        out = evaluate(self.potential, positions, cell, self.numbers, forces=True, stress=True)
         f_sorted = out.forces[0].detach().double().cpu().numpy()
         f[:nlocal][order] = f_sorted
         self.lmp.fix_external_set_energy_global(self.fix_id, float(out.energy[0].detach()))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difftre_torch.potentials.correction import PairCorrection
+from difftre_torch.potentials.correction import PairCorrection, gaussian_basis
 
 
 @dataclass
@@ -65,8 +65,6 @@ def pair_energy_force(correction: PairCorrection, channel: int, r: np.ndarray) -
         x = torch.as_tensor(r, dtype=torch.float64, device=correction.coefficients.device).requires_grad_(True)
         coefficients = correction.coefficients.detach().to(torch.float64)
         centers = correction.centers.to(torch.float64)
-        from difftre_torch.potentials.correction import gaussian_basis
-
         e = (gaussian_basis(x, centers, correction.spec.width_A, correction.cutoff_A) * coefficients[channel]).sum(-1)
         (de,) = torch.autograd.grad(e.sum(), x)
     return e.detach().cpu().numpy(), -de.cpu().numpy()

@@ -41,13 +41,13 @@ def _model(job: JobConfig, path: str | None):
     return build_base_potential(job, p)
 
 
-def trajectory_chunks(files: list[str], numbers: np.ndarray | None = None, *, type_map: dict[int, int] | None = None,
-                      skip: int = 0, every: int = 1, chunk: int = 32, progress: bool = True):
+def trajectory_chunks(files: list[str], *, type_map: dict[int, int] | None = None, skip: int = 0, every: int = 1,
+                      chunk: int = 32, progress: bool = True):
     """The frames of ``files`` (file k = replica k, its frames in time order) for
     :func:`difftre_torch.compare.compare_stream`: returns (frames per file, atomic numbers [N],
     an iterator of (k, positions [C, N, 3] Å, cells [C, 3, 3] Å rows)), memory one chunk of
     frames. Every frame must hold the first frame's atoms in the same order (a TrajectoryError
-    names file, frame and field otherwise). numbers: expected atoms (None: the first frame's)."""
+    names file, frame and field otherwise)."""
     from difftre_torch.trajectories import TrajectoryError, count_frames, iter_frames
 
     paths = [Path(f) for f in files]
@@ -59,7 +59,7 @@ def trajectory_chunks(files: list[str], numbers: np.ndarray | None = None, *, ty
         if n < 1:
             raise ConfigError(f"--frames: {path} has no frames left after --skip {skip} --every {every}")
     first = next(iter_frames(paths[0], type_map=type_map, skip=skip, every=every))
-    reference = first.numbers if numbers is None else np.asarray(numbers)
+    reference = first.numbers
 
     def chunks():
         from tqdm.auto import tqdm
@@ -95,7 +95,10 @@ def compare(job: JobConfig, out: Path, model: str | None = None, frames: list[st
     :mod:`difftre_torch.trajectories` reads (LAMMPS dumps and data files, ase.io formats), LAMMPS
     types named by ``types`` (element symbols in type order) or ``data_file``'s Masses; the
     first ``skip`` frames of each file dropped, then every ``every``-th kept."""
+    from ase.data import chemical_symbols
+
     from difftre_torch.compare import compare_stream
+    from difftre_torch.trajectories import parse_type_map
     from difftre_torch.workflow.report import figure_functions
     from difftre_torch.workflow.steps import compare_model
 
@@ -109,12 +112,8 @@ def compare(job: JobConfig, out: Path, model: str | None = None, frames: list[st
         except KeyError:
             raise ConfigError(f"--state-point: {name!r} is not a state point of {job.source}") from None
         mine = comparable(targets, point)
-        from difftre_torch.trajectories import parse_type_map
-
         type_map = parse_type_map(types, data_file)
         counts, numbers, chunks = trajectory_chunks(frames, type_map=type_map, skip=skip, every=every)
-        from ase.data import chemical_symbols
-
         expected = sorted(set(atoms.get_chemical_symbols()))
         found = sorted({chemical_symbols[z] for z in numbers})
         if found != expected:
