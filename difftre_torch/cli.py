@@ -11,7 +11,8 @@ Subcommands::
 
 Every failure the user can fix prints one line naming the file, the field and what was expected
 (exit code 2); MD that keeps blowing up stops with one line naming the state point, replica,
-step and reason (exit code 3); anything else is one line too (exit code 1). ``--debug`` shows
+step and reason (exit code 3); a rank of a torchrun launch that lost the others, or that torchrun
+stopped, says so in one line naming the rank (exit code 4); anything else is one line too (exit code 1). ``--debug`` shows
 the traceback instead. At start the command chooses torch's CPU thread count for the job's work
 size and the free cores, and prints it (:mod:`difftre_torch.threads`; ``--threads`` overrides).
 """
@@ -27,7 +28,9 @@ from pathlib import Path
 
 EXAMPLES = {
     "refine": "difftre refine lj_argon --set trainer.updates=4 --out outputs/try   (a shipped example)\n"
-              "  difftre refine recipes/gc3n4/quick.yaml",
+              "  difftre refine recipes/gc3n4/quick.yaml\n"
+              "  torchrun --nproc-per-node 2 -m difftre_torch refine lj_argon --set state_points.0.replicas=2"
+              "   (2 ranks)",
     "check": "difftre check recipes/gc3n4/quick.yaml",
     "compare": "difftre compare recipes/gc3n4/quick.yaml --model outputs/gc3n4_quick/refine/lambda_1000/"
                "refined_potential.correction.pt\n"
@@ -88,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
                    help="only the model refined with this force-matching weight, then stop")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between looks when another process holds "
                                                             "the next item")
+    p.add_argument("--rank-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the run stops with an "
+                        "error (a rank that died or hangs); default 600")
 
     p = add("check", "validate a config and its files and print what would run, without sampling")
     _common(p)
@@ -157,15 +163,22 @@ def config_path(name: str) -> Path:
     return path
 
 
-def _job(args):
-    """The config, loaded and checked; torch's thread count set for its work (printed)."""
+def _job(args, quiet: bool = False):
+    """The config, loaded and checked; torch's thread count set for its work (printed unless
+    ``quiet``). Under a launcher the ranks on one node share its cores (``LOCAL_WORLD_SIZE``)."""
+    import os
+
     from difftre_torch import threads
     from difftre_torch.config import load_job
+    from difftre_torch.environment import usable_cores
 
     job = load_job(config_path(args.config), args.overrides)
-    choice = threads.choose_threads(_atoms_per_step(job), args.threads)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    usable = max(1, usable_cores() // per_node) if per_node > 1 else None
+    choice = threads.choose_threads(_atoms_per_step(job), args.threads, usable=usable)
     threads.apply(choice)
-    print(choice.describe(), flush=True)
+    if not quiet:
+        print(choice.describe(), flush=True)
     return job
 
 
@@ -198,17 +211,47 @@ def cmd_check(args) -> int:
 
 
 def cmd_refine(args) -> int:
+    from difftre_torch import distributed
+
+    ranks = distributed.start(args.rank_timeout)
+    try:
+        return _refine(args, ranks)
+    finally:
+        distributed.stop(ranks)
+
+
+def _refine(args, ranks) -> int:
+    """``difftre refine``; under a launcher (torchrun) every rank refines together, then rank 0
+    alone runs the comparisons, evaluations and the report (:mod:`difftre_torch.distributed`)."""
+    from difftre_torch import distributed
+    from difftre_torch.config import ConfigError
     from difftre_torch.workflow.build import check_job
     from difftre_torch.workflow.pipeline import Pipeline
 
-    job = _job(args)
+    say = (lambda s: print(s, flush=True)) if ranks.is_main else (lambda s: None)
+    job = _job(args, quiet=not ranks.is_main)
     if args.out:  # the plan printed below names the folder written to
         job.output = replace(job.output, dir=str(args.out))
     for line in check_job(job, load_models=False):
-        print(line, flush=True)
+        say(line)
+    if args.lam is not None and float(args.lam) not in job.lambdas:
+        raise ConfigError(f"--lambda {args.lam:g}: not one of this config's force-matching weights "
+                          f"{[f'{x:g}' for x in job.lambdas]} (trainer.force_matching_weight, force_matching.scan)")
     out = job.out_dir
-    pipeline = Pipeline(job, out, tuple(args.redo), log=lambda s: print(s, flush=True), fresh=args.fresh,
-                        poll_s=args.poll)
+    if ranks.active:
+        say(f"[difftre] {ranks.world_size} ranks ({ranks.backend}, rank 0 on {ranks.device}, "
+            f"timeout {ranks.timeout_s:g} s): they refine together, then rank 0 compares and reports")
+        if ranks.is_main:
+            pipeline = Pipeline(job, out, tuple(args.redo), log=say, fresh=args.fresh, poll_s=args.poll)
+        ranks.barrier("preparing the output folder")
+        if not ranks.is_main:
+            pipeline = Pipeline(job, out, (), log=say, poll_s=args.poll, primary=False)
+        pipeline.refine_on_ranks(ranks, None if args.lam is None else job.model_key(float(args.lam)))
+        distributed.stop(ranks)
+        if not ranks.is_main:
+            return 0
+    else:
+        pipeline = Pipeline(job, out, tuple(args.redo), log=say, fresh=args.fresh, poll_s=args.poll)
     if args.lam is not None:
         pipeline.run_model(args.lam)
     else:
@@ -325,13 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     if args.debug:
         return COMMANDS[args.command](args)
+    import os
+
     from difftre_torch.checkpoint import LockHeld
     from difftre_torch.config import ConfigError
+    from difftre_torch.distributed import RankFailure, launched
     from difftre_torch.sampling.blowups import MDBlowUpError
+
+    where = f" (rank {os.environ.get('RANK', '0')})" if launched() else ""
 
     def say(kind: str, exc: BaseException) -> None:
         one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-        print(f"difftre {args.command}: {kind}: {one_line}", file=sys.stderr)
+        print(f"difftre {args.command}{where}: {kind}: {one_line}", file=sys.stderr, flush=True)
 
     try:
         return COMMANDS[args.command](args)
@@ -341,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except MDBlowUpError as exc:
         say("MD failed", exc)
         return 3
+    except RankFailure as exc:
+        say("stopped", exc)
+        return 4
     except KeyboardInterrupt:
         print(f"difftre {args.command}: interrupted; the same command continues from the last checkpoint",
               file=sys.stderr)

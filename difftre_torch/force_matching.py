@@ -4,7 +4,10 @@ L_FM = w_E · mean_m[((U_θ(S_m) − E_m)/N_m)²] + w_F · mean_{m,i,α}[(F_θ �
 (:func:`difftre_torch.loss.energy_force_loss`), evaluated on a random minibatch of frames per
 update. Frames of different systems (atom counts or species order) are grouped and evaluated
 system by system, since the potential contract batches snapshots of one system; the terms are
-averaged with each group weighted by its share of the minibatch.
+averaged with each group weighted by its share of the minibatch. Across several ranks every
+rank draws the same minibatch (same seed), evaluates its own block of it
+(:func:`rank_minibatch`), weights its terms by its frames' share of the whole minibatch, and the
+loss and gradient are all-reduced (SUM): the same numbers as one process evaluating it all.
 
 Units: energies eV, forces eV/Å, positions and cells Å (rows).
 """
@@ -13,13 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from difftre_torch.loss import energy_force_loss
 from difftre_torch.potentials.base import Potential, evaluate
+
+if TYPE_CHECKING:
+    from difftre_torch.distributed import Ranks
 
 
 @dataclass
@@ -100,14 +106,36 @@ def sample_minibatch(frames: ReferenceFrames, size: int, rng: np.random.Generato
     return out
 
 
+def rank_minibatch(batch: list[tuple[int, np.ndarray]], rank: int, world_size: int) -> list[tuple[int, np.ndarray]]:
+    """This rank's block of ``batch`` (the frames in batch order, split into ``world_size``
+    consecutive blocks, the first ranks one frame more); empty when there are more ranks than frames."""
+    flat = [(g, int(i)) for g, idx in batch for i in idx]
+    base, extra = divmod(len(flat), world_size)
+    start = rank * base + min(rank, extra)
+    mine = flat[start:start + base + (1 if rank < extra else 0)]
+    out: list[tuple[int, np.ndarray]] = []
+    for g, i in mine:
+        if out and out[-1][0] == g:
+            out[-1] = (g, np.append(out[-1][1], i))
+        else:
+            out.append((g, np.array([i])))
+    return out
+
+
 def force_matching_gradient(potential: Potential, frames: ReferenceFrames,
                             batch: list[tuple[int, np.ndarray]], params: Sequence[torch.nn.Parameter],
                             *, energy_weight: float = 1.0, force_weight: float = 1.0,
                             device: torch.device | str = "cpu",
-                            dtype: torch.dtype = torch.float64) -> ForceMatchingResult:
-    """L_FM on the minibatch and its gradient in θ (double backward through F = −∂U/∂x)."""
+                            dtype: torch.dtype = torch.float64,
+                            ranks: Ranks | None = None) -> ForceMatchingResult:
+    """L_FM on the minibatch and its gradient in θ (double backward through F = −∂U/∂x).
+
+    ranks: several processes; ``batch`` is then the whole minibatch (the same on every rank),
+    each rank evaluates :func:`rank_minibatch` of it and the result is all-reduced."""
     params = list(params)
     total_frames = sum(len(idx) for _, idx in batch)
+    if ranks is not None and ranks.active:
+        batch = rank_minibatch(batch, ranks.rank, ranks.world_size)
     grads = [torch.zeros_like(p) for p in params]
     loss = torch.zeros((), dtype=torch.float64)
     parts = {"energy_mse": torch.zeros((), dtype=torch.float64),
@@ -130,4 +158,8 @@ def force_matching_gradient(potential: Potential, frames: ReferenceFrames,
         loss = loss + share * term.detach().double().cpu()
         for key in parts:
             parts[key] = parts[key] + share * term_parts[key].double().cpu()
+    if ranks is not None and ranks.active:
+        keys = list(parts)
+        summed = ranks.sum_list([loss, *parts.values(), *grads], "force matching")
+        loss, parts, grads = summed[0], dict(zip(keys, summed[1:1 + len(keys)])), summed[1 + len(keys):]
     return ForceMatchingResult(loss=loss, parts=parts, grads=tuple(grads))

@@ -17,18 +17,28 @@ potential's graph for all N snapshots at once. Instead:
 
 Peak memory is one chunk's graph plus O(N) scalars; the result equals the one-shot gradient
 (tested). Costs: two forward passes and one backward pass per snapshot.
+
+Across several ranks (``ranks``, :mod:`difftre_torch.distributed`) each rank passes its own
+snapshots; the weights, the averages in the loss and N_eff are global (all-reduced), step 2 gives
+each rank the cotangents of its own snapshots, step 3 runs locally, and the parameter gradient is
+all-reduced (one flat SUM), so every rank returns the same loss, N_eff and dL/dθ. ``loss_fn``
+must then form its averages with the same ``ranks``
+(:func:`~difftre_torch.objective.make_loss_fn` does).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from difftre_torch.potentials.base import Potential
 from difftre_torch.reweighting import boltzmann_weights, effective_sample_size
 from difftre_torch.sampling.store import SnapshotStore
+
+if TYPE_CHECKING:
+    from difftre_torch.distributed import Ranks
 
 ChunkFn = Callable[..., dict[str, torch.Tensor]]
 """``chunk_fn(potential, positions [b,N,3], cells [b,3,3], numbers [N], store, create_graph)``
@@ -87,11 +97,13 @@ def difftre_gradient(
     *,
     chunk_fn: ChunkFn = energy_only,
     chunk_size: int = 64,
+    ranks: Ranks | None = None,
 ) -> GradientResult:
     """dL/dθ of the reweighted loss over ``stores`` (one per state point), chunked.
 
     Does not touch ``param.grad``: the caller adds the returned gradients (and any other
-    terms, e.g. force matching) and steps the optimiser.
+    terms, e.g. force matching) and steps the optimiser. ``ranks``: several processes, each with
+    its own snapshots in ``stores`` (module docstring); the result is the global one on each.
     """
     params = list(params)
     forward = [_forward_all(potential, store, chunk_fn, chunk_size) for store in stores]
@@ -104,7 +116,7 @@ def difftre_gradient(
         for store, out in zip(stores, forward):
             leaf = {k: v.clone().requires_grad_(True) for k, v in out.items()}
             leaves.append(leaf)
-            w = boltzmann_weights(leaf["energy"], store.reference_energies, store.kT_eV)
+            w = boltzmann_weights(leaf["energy"], store.reference_energies, store.kT_eV, ranks)
             weights.append(w)
             theta_values = {k: v for k, v in leaf.items() if k != "energy"}
             values.append({**store.observables, **theta_values})
@@ -129,12 +141,14 @@ def difftre_gradient(
             for g, cg in zip(grads, chunk_grads):
                 if cg is not None:
                     g.add_(cg)
+    if ranks is not None and ranks.active:
+        grads = ranks.sum_list(grads, "the parameter gradient")
     return GradientResult(
         loss=loss.detach(),
         parts={k: v.detach() for k, v in parts.items()},
         grads=tuple(grads),
         weights=[w.detach() for w in weights],
-        n_eff=[float(effective_sample_size(w.detach())) for w in weights],
+        n_eff=[float(effective_sample_size(w.detach(), ranks)) for w in weights],
         values=[{k: v.detach() for k, v in leaf.items() if k != "energy"} for leaf in leaves],
     )
 
@@ -150,13 +164,14 @@ class Reweighted:
 
 
 def reweight(potential: Potential, stores: Sequence[SnapshotStore], *,
-             chunk_fn: ChunkFn = energy_only, chunk_size: int = 64) -> Reweighted:
-    """Forward pass only: w_i(θ), N_eff and the per-snapshot observables at the current θ."""
+             chunk_fn: ChunkFn = energy_only, chunk_size: int = 64, ranks: Ranks | None = None) -> Reweighted:
+    """Forward pass only: w_i(θ), N_eff and the per-snapshot observables at the current θ
+    (``ranks``: this rank's slice of the global weights, global N_eff)."""
     weights, n_eff, values = [], [], []
     for store in stores:
         out = _forward_all(potential, store, chunk_fn, chunk_size)
-        w = boltzmann_weights(out["energy"], store.reference_energies, store.kT_eV)
+        w = boltzmann_weights(out["energy"], store.reference_energies, store.kT_eV, ranks)
         weights.append(w)
-        n_eff.append(float(effective_sample_size(w)))
+        n_eff.append(float(effective_sample_size(w, ranks)))
         values.append({**store.observables, **{k: v for k, v in out.items() if k != "energy"}})
     return Reweighted(weights, n_eff, values)

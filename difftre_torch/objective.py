@@ -16,7 +16,7 @@ Units follow the registry (:mod:`difftre_torch.observables.registry`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ from difftre_torch.observables.registry import spec, static_observables, theta_o
 from difftre_torch.potentials.base import Potential, evaluate
 from difftre_torch.reweighting import reweighted_mean
 from difftre_torch.sampling.store import SnapshotStore
+
+if TYPE_CHECKING:
+    from difftre_torch.distributed import Ranks
 
 
 def assign_targets(targets: Sequence[Target], state_point_names: Sequence[str]) -> dict[str, list[Target]]:
@@ -97,21 +100,25 @@ def make_chunk_fn(grouped: dict[str, list[Target]]):
 
 
 def reweighted_predictions(weights: Sequence[torch.Tensor], values: Sequence[dict[str, torch.Tensor]],
-                           grouped: dict[str, list[Target]], point_names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """⟨O_k⟩ = Σ_i w_i O_k(S_i) for every target, name → [n]."""
+                           grouped: dict[str, list[Target]], point_names: Sequence[str],
+                           ranks: Ranks | None = None) -> dict[str, torch.Tensor]:
+    """⟨O_k⟩ = Σ_i w_i O_k(S_i) for every target, name → [n]; with several ``ranks`` the sum runs
+    over every rank's snapshots (``weights``, ``values``: this rank's)."""
     out = {}
     for k, point in enumerate(point_names):
         for t in grouped.get(point, []):
-            out[t.name] = reweighted_mean(weights[k], values[k][t.name])
+            out[t.name] = reweighted_mean(weights[k], values[k][t.name], ranks)
     return out
 
 
-def make_loss_fn(grouped: dict[str, list[Target]], point_names: Sequence[str]):
-    """``loss_fn(weights, values) -> (L, {target name: λ_k · loss_k})`` for ``difftre_gradient``."""
+def make_loss_fn(grouped: dict[str, list[Target]], point_names: Sequence[str], ranks: Ranks | None = None):
+    """``loss_fn(weights, values) -> (L, {target name: λ_k · loss_k})`` for ``difftre_gradient``.
+    With several ``ranks`` the averages are global (all-reduced), so every rank computes the same
+    L; its gradient reaches this rank's weights and values."""
     point_names = list(point_names)
 
     def loss_fn(weights, values):
-        predictions = reweighted_predictions(weights, values, grouped, point_names)
+        predictions = reweighted_predictions(weights, values, grouped, point_names, ranks)
         parts: dict[str, torch.Tensor] = {}
         for point in point_names:
             for t in grouped.get(point, []):

@@ -27,6 +27,14 @@ snapshot stores, the history (each :class:`~difftre_torch.records.UpdateRecord` 
 (bit-identical parameters on CPU). At the end the refined potential, the final observables
 against the targets (PNG and CSV, from a fresh sample with the refined model) and
 ``summary.json`` are written, each atomically.
+
+On several ranks (``ranks``, :mod:`difftre_torch.distributed`) each rank samples its share of the
+replicas into its own stores; the weights, averages, loss, N_eff, the resampling decision and the
+gradient are global, so every rank takes the same step. Rank 0 writes the logs, figures, the
+refined model and ``checkpoint.pt`` (parameters, optimiser, history: the shared state); every
+rank writes ``ranks/rank<r>.update<u>.pt`` (its sampler, stores and random states) first, and
+``checkpoint.pt`` names the update whose rank files are complete, so a resume with the same
+number of ranks continues exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from difftre_torch.callbacks import Callback, default_callbacks
+from difftre_torch.callbacks import Callback, CheckpointCallback, default_callbacks
 from difftre_torch.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -52,6 +60,7 @@ from difftre_torch.checkpoint import (
     remove_stale_temp_files,
     run_lock,
 )
+from difftre_torch.distributed import SINGLE, Ranks, replica_share
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
 from difftre_torch.gradient import difftre_gradient, reweight
@@ -140,6 +149,12 @@ class TrainerConfig:
                              f"(force_matching_weight = {self.force_matching_weight:g}) would add nothing")
 
 
+def _merge(shared: dict, own: dict) -> dict:
+    """A checkpoint's shared part and a rank's part as one state (the random states merged)."""
+    return {**shared, **{k: v for k, v in own.items() if k not in ("rng", "update", "rank")},
+            "rng": {**shared["rng"], **own["rng"]}}
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig):
     if config.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
@@ -165,7 +180,10 @@ class DiffTReTrainer:
     model only while θ is unchanged); default: ``potential`` itself. callbacks: the outputs
     (:mod:`difftre_torch.callbacks`), called in order; default:
     :func:`~difftre_torch.callbacks.default_callbacks` of ``config``; ``trainer.callbacks`` is a
-    list, append to it for more.
+    list, append to it for more. ranks: this process's place among several
+    (:mod:`difftre_torch.distributed`; default one process); a ``sampler`` given with several
+    ranks must sample this rank's share only (``owned=replica_share(...)``), the default one does;
+    ranks other than 0 get only the checkpoint callback by default.
     """
 
     def __init__(
@@ -183,6 +201,7 @@ class DiffTReTrainer:
         sampler: Sampler | None = None,
         sampling_potential=None,
         callbacks: Sequence[Callback] | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         if sampling_potential is not None and not callable(getattr(sampling_potential, "for_sampling", None)):
             raise TypeError("DiffTReTrainer: sampling_potential must have for_sampling() -> the potential to "
@@ -195,7 +214,11 @@ class DiffTReTrainer:
         self.point_names = [s.name for s in self.state_points]
         self.targets = list(targets)
         self.grouped = assign_targets(self.targets, self.point_names)
-        self.sampler: Sampler = sampler or AseSampler(atoms, self.state_points, sampler_config or SamplerConfig())
+        self.ranks = ranks
+        owned = (replica_share([s.replicas for s in self.state_points], ranks.rank, ranks.world_size,
+                               self.point_names) if ranks.active else None)
+        self.sampler: Sampler = sampler or AseSampler(atoms, self.state_points, sampler_config or SamplerConfig(),
+                                                      owned=owned)
         self.numbers = torch.as_tensor(atoms.numbers, dtype=torch.long)
         self.device, self.dtype = potential_device_dtype(potential)
         self.params = list(params) if params is not None else [
@@ -211,8 +234,9 @@ class DiffTReTrainer:
         self.scheduler = _scheduler(self.optimizer, self.config)
         self.fm_rng = np.random.default_rng([self.config.seed, 17])
         self.chunk_fn = make_chunk_fn(self.grouped)
-        self.loss_fn = make_loss_fn(self.grouped, self.point_names)
+        self.loss_fn = make_loss_fn(self.grouped, self.point_names, ranks)
         self.stores: list[SnapshotStore] | None = None
+        self.sizes: list[int] = []  # snapshots per state point over every rank
         self.update = 0
         self.resamples = 0
         self.history: list[UpdateRecord] = []
@@ -222,8 +246,9 @@ class DiffTReTrainer:
         self.best: dict | None = None  # {"update", "loss", "params": [θ tensors, CPU]} (select="best")
         self.last_predictions: dict[str, torch.Tensor] | None = None  # the last update's ⟨O⟩ per target
         self.resuming = False  # fit()'s resume, for the callbacks
-        self.callbacks: list[Callback] = (default_callbacks(self.config) if callbacks is None
-                                          else list(callbacks))
+        if callbacks is None:
+            callbacks = default_callbacks(self.config) if ranks.is_main else [CheckpointCallback()]
+        self.callbacks: list[Callback] = list(callbacks)
 
     # ------------------------------------------------------------------ sampling and caching
 
@@ -251,24 +276,35 @@ class DiffTReTrainer:
             p = torch.cat([pressure(self.potential, positions[k:k + self.config.chunk_size],
                                     cells[k:k + self.config.chunk_size], numbers, point.temperature_K)
                            for k in range(0, positions.shape[0], self.config.chunk_size)])
-            self.sample_stats[point.name] = {
-                "pressure_GPa": float(p.mean()) / units.GPa,
-                "kinetic_temperature_K": float(r.stats.get("kinetic_temperature_K", math.nan)),
-                "discarded_frames": int(r.stats.get("discarded_frames", 0)),
-                "snapshots": int(positions.shape[0]),
-                "sampled_with": sampled_with,
-            }
+            self.sample_stats[point.name] = self._round_stats(p, r.stats, sampled_with)
         self.stores = stores
+        self.sizes = [self.sample_stats[s.name]["snapshots"] for s in stores]
         return time.perf_counter() - t0
 
+    def _round_stats(self, pressures: torch.Tensor, stats: dict, sampled_with: str) -> dict:
+        """A state point's sampling statistics over every rank: the mean virial pressure (GPa),
+        the snapshot-weighted mean kinetic temperature (K), discarded frames and snapshots."""
+        n = int(pressures.shape[0])
+        temperature = float(stats.get("kinetic_temperature_K", math.nan))
+        discarded = int(stats.get("discarded_frames", 0))
+        if not self.ranks.active:
+            mean_p = float(pressures.mean())
+        else:
+            total = self.ranks.sum(torch.tensor([float(pressures.sum()), n, temperature * n, discarded],
+                                                dtype=torch.float64), "the sampling statistics")
+            mean_p, n, temperature, discarded = (float(total[0] / total[1]), int(total[1]),
+                                                 float(total[2] / total[1]), int(total[3]))
+        return {"pressure_GPa": mean_p / units.GPa, "kinetic_temperature_K": temperature,
+                "discarded_frames": discarded, "snapshots": n, "sampled_with": sampled_with}
+
     def _stale(self, n_eff: Sequence[float]) -> bool:
-        return any(n / len(s) < self.config.resample_ratio for n, s in zip(n_eff, self.stores))
+        return any(n / size < self.config.resample_ratio for n, size in zip(n_eff, self.sizes))
 
     def _state_values(self, weights: Sequence[torch.Tensor]) -> dict[str, dict[str, float]]:
         out = {}
         for store, w in zip(self.stores, weights):
-            lengths = reweighted_mean(w.to(store.cells), lattice_lengths(store.cells))
-            volume = reweighted_mean(w.to(store.cells), torch.linalg.det(store.cells).abs())
+            lengths = reweighted_mean(w.to(store.cells), lattice_lengths(store.cells), self.ranks)
+            volume = reweighted_mean(w.to(store.cells), torch.linalg.det(store.cells).abs(), self.ranks)
             out[store.name] = {"a_A": float(lengths[0]), "b_A": float(lengths[1]),
                                "c_A": float(lengths[2]), "volume_A3": float(volume),
                                "pressure_GPa": self.sample_stats[store.name]["pressure_GPa"]}
@@ -286,15 +322,15 @@ class DiffTReTrainer:
         if self.stores is None:
             sample_s += self._sample()
         result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size)
+                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
         if self._stale(result.n_eff):
             sample_s += self._sample()
             resampled = True
             self.resamples += 1
             result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size)
+                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
         values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
-        predictions = reweighted_predictions(result.weights, values, self.grouped, self.point_names)
+        predictions = reweighted_predictions(result.weights, values, self.grouped, self.point_names, self.ranks)
         if self.initial_predictions is None:
             self.initial_predictions = {k: v.detach().cpu().double() for k, v in predictions.items()}
         grads = [g.detach().clone() for g in result.grads]
@@ -305,7 +341,7 @@ class DiffTReTrainer:
             fm = force_matching_gradient(self.potential, self.reference_frames, batch, self.params,
                                          energy_weight=cfg.fm_energy_weight,
                                          force_weight=cfg.fm_force_weight,
-                                         device=self.device, dtype=self.dtype)
+                                         device=self.device, dtype=self.dtype, ranks=self.ranks)
             for g, fg in zip(grads, fm.grads):
                 g.add_(cfg.force_matching_weight * fg)
             loss["force_matching"] = cfg.force_matching_weight * float(fm.loss)
@@ -317,7 +353,7 @@ class DiffTReTrainer:
             raise FloatingPointError(f"update {self.update + 1}: the gradient is not finite")
         if cfg.grad_clip_norm is not None and grad_norm > cfg.grad_clip_norm:
             grads = [g * (cfg.grad_clip_norm / grad_norm) for g in grads]
-        self._remember_if_best(loss["total"], [n / len(s) for s, n in zip(self.stores, result.n_eff)])
+        self._remember_if_best(loss["total"], [n / size for size, n in zip(self.sizes, result.n_eff)])
         lr = float(self.optimizer.param_groups[0]["lr"])
         theta = scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {}
         for p, g in zip(self.params, grads):
@@ -333,7 +369,7 @@ class DiffTReTrainer:
             update=self.update,
             loss=loss,
             n_eff={s.name: n for s, n in zip(self.stores, result.n_eff)},
-            n_eff_ratio={s.name: n / len(s) for s, n in zip(self.stores, result.n_eff)},
+            n_eff_ratio={s.name: n / size for s, size, n in zip(self.stores, self.sizes, result.n_eff)},
             resampled=resampled,
             grad_norm=grad_norm,
             lr=lr,
@@ -369,16 +405,15 @@ class DiffTReTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        return {
+        """Everything a resume needs; on several ranks, the shared part only (:meth:`rank_state_dict`
+        holds the rest)."""
+        state = {
             "format": CHECKPOINT_FORMAT,
             "update": self.update,
             "potential": self.potential.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate(), "fm": self.fm_rng.bit_generator.state},
-            "sampler": self.sampler.state_dict(),
-            "stores": None if self.stores is None else [s.state_dict() for s in self.stores],
+            "rng": {"fm": self.fm_rng.bit_generator.state},
             "history": [r.to_json() for r in self.history],
             "resamples": self.resamples,
             "sample_stats": self.sample_stats,
@@ -386,10 +421,37 @@ class DiffTReTrainer:
             "times": self.times,
             "best": self.best,
         }
+        if self.ranks.active:
+            return {**state, "world_size": self.ranks.world_size}
+        return _merge(state, self.rank_state_dict())
+
+    def rank_state_dict(self) -> dict:
+        """This rank's part of a checkpoint: its sampler, stores and random states."""
+        return {
+            "update": self.update,
+            "rank": self.ranks.rank,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "sampler": self.sampler.state_dict(),
+            "stores": None if self.stores is None else [s.state_dict() for s in self.stores],
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; on several ranks (shared part) together with this rank's
+        file, read from ``ranks/`` beside the checkpoint."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        written_by = int(state.get("world_size", 1))
+        if written_by != self.ranks.world_size:
+            raise ValueError(f"{self.checkpoint_path}: written by a run on {written_by} rank(s), this run has "
+                             f"{self.ranks.world_size}; resume with the same number of ranks (torchrun "
+                             f"--nproc-per-node {written_by}, or no launcher for 1)")
+        if self.ranks.active:
+            path = self._rank_checkpoint(int(state["update"]))
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: rank {self.ranks.rank}'s part of the checkpoint of update "
+                                        f"{state['update']} is missing (the output folder must be one that "
+                                        "every rank sees)")
+            state = _merge(state, load_checkpoint(path))
         self.potential.load_state_dict(state["potential"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -415,9 +477,28 @@ class DiffTReTrainer:
         self.initial_predictions = state["initial_predictions"]
         self.times = dict(state["times"])
         self.best = state.get("best")  # absent in checkpoints written before select="best" existed
+        if self.stores is not None:
+            self.sizes = [self.sample_stats[s.name]["snapshots"] for s in self.stores]
+
+    def _rank_checkpoint(self, update: int) -> Path:
+        return self.out_dir / "ranks" / f"rank{self.ranks.rank}.update{update}.pt"
 
     def save_checkpoint(self) -> Path:
-        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        """``checkpoint.pt``, atomically. On several ranks: every rank writes its part
+        (``ranks/rank<r>.update<u>.pt``), all wait, then rank 0 writes ``checkpoint.pt``, which
+        therefore only ever names an update whose rank parts are complete; a rank's parts older
+        than the previous update are removed (the checkpoint names one of the last two)."""
+        if not self.ranks.active:
+            return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        atomic_torch_save(self.rank_state_dict(), self._rank_checkpoint(self.update))
+        self.ranks.barrier("writing the checkpoint")
+        if self.ranks.is_main:
+            atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        for old in self._rank_checkpoint(0).parent.glob(f"rank{self.ranks.rank}.update*.pt"):
+            number = old.name[len(f"rank{self.ranks.rank}.update"):-len(".pt")]
+            if number.isdigit() and int(number) < self.update - 1:
+                old.unlink(missing_ok=True)
+        return self.checkpoint_path
 
     # ------------------------------------------------------------------ the loop
 
@@ -426,6 +507,8 @@ class DiffTReTrainer:
         Returns the summary (also written to ``summary.json``). Holds ``run.lock`` in the output
         directory meanwhile (:func:`~difftre_torch.checkpoint.run_lock`), and first removes the
         temporary files of writes that a killed run left there."""
+        if not self.ranks.is_main:  # rank 0 holds the lock and tidies for all
+            return self._fit(resume)
         with run_lock(self.out_dir):
             remove_stale_temp_files(self.out_dir, recursive=True)
             return self._fit(resume)
@@ -463,30 +546,37 @@ class DiffTReTrainer:
 
     def evaluate_targets(self) -> tuple[dict[str, torch.Tensor], dict[str, float], list[float]]:
         """⟨O_k⟩ at the current θ over the current stores; (predictions, loss parts, N_eff)."""
-        rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size)
+        rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size,
+                      ranks=self.ranks)
         with torch.no_grad():
             total, parts = self.loss_fn(rw.weights, rw.values)
-        predictions = reweighted_predictions(rw.weights, rw.values, self.grouped, self.point_names)
+        predictions = reweighted_predictions(rw.weights, rw.values, self.grouped, self.point_names, self.ranks)
         losses = {"total": float(total), **{k: float(v) for k, v in parts.items()}}
         return predictions, losses, rw.n_eff
 
     def finalize(self) -> RunSummary:
         """Write the refined potential, final observables vs targets (PNG, CSV) and summary.json
-        (:meth:`RunSummary.to_json <difftre_torch.records.RunSummary.to_json>`); returns the summary."""
+        (:meth:`RunSummary.to_json <difftre_torch.records.RunSummary.to_json>`); returns the summary.
+        On several ranks every rank samples and evaluates, rank 0 alone writes (the other ranks'
+        summaries name no files)."""
         out = self.out_dir
         selected = self._apply_selection()
         final_sample_s = 0.0
         if self.stores is None or self.config.final_sample:
             final_sample_s = self._sample()
         predictions, final_loss, n_eff = self.evaluate_targets()
-        model_path = save_potential(self.potential, out / "refined_potential")
+        blow_ups = list(getattr(self.sampler, "blow_ups", []))
+        if self.ranks.active:
+            blow_ups = [b for part in self.ranks.gather(blow_ups, "collecting the blow-ups") for b in part]
+        writes = self.ranks.is_main
+        model_path = save_potential(self.potential, out / "refined_potential") if writes else ""
         figures, tables = [], []
-        for t in self.targets:
+        for t in self.targets if writes else []:
             pred = predictions[t.name].detach().cpu().double().numpy()
             init = None if self.initial_predictions is None else self.initial_predictions[t.name].numpy()
             figures.append(str(save_figure(target_figure(t, pred, init), out / f"{t.name}.png")))
             tables.append(str(self._write_table(t, pred, init)))
-        if self.history:
+        if self.history and writes:
             figures.append(str(save_figure(history_figure(self.history), out / "history.png")))
         first = self.history[0].loss if self.history else None
         summary = RunSummary(
@@ -504,10 +594,11 @@ class DiffTReTrainer:
             selected=selected,
             figures=figures,
             tables=tables,
-            blow_ups=list(getattr(self.sampler, "blow_ups", [])),
+            blow_ups=blow_ups,
             config=asdict(self.config),
         )
-        atomic_write_json(out / "summary.json", summary.to_json())
+        if writes:
+            atomic_write_json(out / "summary.json", summary.to_json())
         return summary
 
     def _write_table(self, target: Target, prediction: np.ndarray, initial: np.ndarray | None) -> Path:

@@ -181,6 +181,21 @@ class Sampler(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def owned_replicas(point: StatePoint, index: int, owned, sampler: str) -> list[int]:
+    """The replica indices of state point ``index`` a sampler advances: ``owned[index]`` (checked:
+    distinct indices in 0 … replicas − 1, at least one) or, when ``owned`` is None, all of them."""
+    if owned is None:
+        return list(range(point.replicas))
+    if index >= len(owned):
+        raise ValueError(f"{sampler}: owned lists the replicas of {len(owned)} state point(s), not of "
+                         f"{point.name!r}")
+    mine = [int(r) for r in owned[index]]
+    if not mine or len(set(mine)) != len(mine) or not all(0 <= r < point.replicas for r in mine):
+        raise ValueError(f"{sampler}: owned replicas of {point.name!r} must be distinct indices in 0 … "
+                         f"{point.replicas - 1}, at least one; got {mine}")
+    return mine
+
+
 def progress_bar(config: SamplerConfig, total: int, description: str):
     """A tqdm bar of ``total`` MD steps on stderr (inner bar: it disappears when done); a
     disabled one when ``config.progress`` is false. At most one refresh every 2 s on a terminal,

@@ -69,6 +69,7 @@ import functools
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ from difftre_torch.sampling.integrators import (
     kinetic_temperature_K,
     maxwell_boltzmann_momenta,
 )
-from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
+from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, owned_replicas, progress_bar
 from difftre_torch.sampling.blowups import bad_start, blow_up_reasons, too_many_blow_ups
 from difftre_torch.sampling.noise import ReplicaNoise, replica_seed
 
@@ -128,11 +129,13 @@ class BatchedSampler:
 
     atoms: the system (positions, cell rows, numbers, masses). state_points: as for AseSampler.
     config: the MD settings (``skin_A`` and ``noise_block_steps`` are this sampler's own;
-    default: ``SamplerConfig()``). ``replicas`` lists (state point index, replica index within
-    it) in batch order.
+    default: ``SamplerConfig()``). owned: the replica indices of each state point this sampler
+    advances (one rank's share, :func:`~difftre_torch.distributed.replica_share`; default: all).
+    ``replicas`` lists (state point index, replica index within it) in batch order.
     """
 
-    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None) -> None:
+    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None,
+                 owned: Sequence[Sequence[int]] | None = None) -> None:
         if not state_points:
             raise ValueError("BatchedSampler: at least one state point is needed")
         names = [s.name for s in state_points]
@@ -145,7 +148,8 @@ class BatchedSampler:
         self.template.set_constraint()
         self.state_points = list(state_points)
         self.config = config or SamplerConfig()
-        self.replicas = [(p, r) for p, point in enumerate(self.state_points) for r in range(point.replicas)]
+        self.replicas = [(p, r) for p, point in enumerate(self.state_points)
+                         for r in owned_replicas(point, p, owned, "BatchedSampler")]
         self.reference_volume_A3 = float(self.template.get_volume())
         self.state: LangevinState | None = None
         self.noise: ReplicaNoise | None = None

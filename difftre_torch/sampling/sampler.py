@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,15 +31,18 @@ from difftre_torch.sampling.ase_md import (
     restore_integrator_state,
     run_segment,
 )
-from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, progress_bar
+from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, owned_replicas, progress_bar
 from difftre_torch.sampling.blowups import bad_start
 
 
 class AseSampler:
     """R replicas per state point, advanced one after another with ASE integrators; a
-    :class:`~difftre_torch.sampling.base.Sampler`."""
+    :class:`~difftre_torch.sampling.base.Sampler`. owned: the replica indices of each state point
+    this sampler advances (one rank's share, :func:`~difftre_torch.distributed.replica_share`;
+    default: all)."""
 
-    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None) -> None:
+    def __init__(self, atoms: Atoms, state_points: list[StatePoint], config: SamplerConfig | None = None,
+                 owned: Sequence[Sequence[int]] | None = None) -> None:
         if not state_points:
             raise ValueError("AseSampler: at least one state point is needed")
         names = [s.name for s in state_points]
@@ -49,6 +53,7 @@ class AseSampler:
         self.template.set_constraint()
         self.state_points = list(state_points)
         self.config = config or SamplerConfig()
+        self.owned = [owned_replicas(point, p, owned, "AseSampler") for p, point in enumerate(self.state_points)]
         self.reference_volume_A3 = float(self.template.get_volume())
         self.replica_states: dict[tuple[int, int], dict] = {}
         self.rounds = 0
@@ -73,7 +78,7 @@ class AseSampler:
             t0 = time.perf_counter()
             discarded = 0
             temperatures = []
-            for r in range(point.replicas):
+            for r in self.owned[p]:
                 atoms = self.template.copy()
                 atoms.calc = PotentialCalculator(potential, device=device, dtype=dtype)
                 rng = np.random.default_rng(self._seed(p, r))

@@ -382,10 +382,23 @@ def sampler_class(job: JobConfig):
     return SAMPLERS[job.sampler_kind]()
 
 
-def make_sampler(job: JobConfig, atoms: Atoms, points: list[StatePointEntry], seed_offset: int = 0):
-    """A sampler of ``sampler.kind`` for ``points`` from ``atoms``, seed ``sampler.seed + seed_offset``."""
+def make_sampler(job: JobConfig, atoms: Atoms, points: list[StatePointEntry], seed_offset: int = 0,
+                 ranks=None):
+    """A sampler of ``sampler.kind`` for ``points`` from ``atoms``, seed ``sampler.seed + seed_offset``;
+    with several ``ranks`` (:class:`~difftre_torch.distributed.Ranks`) this rank's share of the
+    replicas (a ConfigError naming the state point when it has fewer replicas than ranks), the
+    progress bar on rank 0 only."""
+    from difftre_torch.distributed import replica_share
+
     config = replace(job.sampler, seed=job.sampler.seed + seed_offset)
-    return sampler_class(job)(atoms, [p.state_point() for p in points], config)
+    owned = None
+    if ranks is not None and ranks.active:
+        config = replace(config, progress=config.progress and ranks.is_main)
+        try:
+            owned = replica_share([p.replicas for p in points], ranks.rank, ranks.world_size, [p.name for p in points])
+        except ValueError as exc:
+            raise ConfigError(f"{job.source}: {exc}") from None
+    return sampler_class(job)(atoms, [p.state_point() for p in points], config, owned=owned)
 
 
 # ----------------------------------------------------------------------------- frames

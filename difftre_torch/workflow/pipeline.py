@@ -20,6 +20,7 @@ wait for its refinement), or wait for one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -102,7 +103,7 @@ class Pipeline:
 
     def __init__(self, job: JobConfig, out: Path | None = None, redo: tuple[str, ...] = (),
                  log: Callable[[str], None] = print, fresh: bool = False, poll_s: float = 30.0,
-                 recheck_s: float = 600.0) -> None:
+                 recheck_s: float = 600.0, primary: bool = True) -> None:
         from difftre_torch.workflow.build import build_system, build_targets, compare_entries
 
         self.job = job
@@ -115,6 +116,9 @@ class Pipeline:
         self.fit_targets = build_targets(job, job.targets)
         self.report_targets = build_targets(job, compare_entries(job), "compare.targets"
                                             if job.compare.targets is not None else "targets")
+        if not primary:  # a rank other than 0: rank 0 has prepared the folder
+            check_inputs(self.out, input_fingerprint(job))
+            return
         if fresh:
             clear_outputs(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +265,42 @@ class Pipeline:
             atomic_write_json(path, entry)
             steps[step] = entry
         return steps
+
+    def refine_on_ranks(self, ranks, only: str | None = None) -> None:
+        """Every refinement not finished yet (only model ``only``'s, when given), all ``ranks``
+        together (:mod:`difftre_torch.distributed`); rank 0 holds the item's lock and writes its
+        result, so a later :meth:`run` on rank 0 finds them done."""
+        from difftre_torch.workflow import steps
+
+        job = self.job
+        keys = [(lam, job.model_key(lam)) for lam in job.lambdas] if job.trainer.updates > 0 else []
+        for lam, key in keys:
+            if only is not None and key != only:
+                continue
+            item = Item("refine", key, lambda: {})
+            if ranks.broadcast(self._finished(item) is not None, "agreeing on the finished refinements"):
+                continue
+            path = self._item_file(item)
+            with contextlib.ExitStack() as stack:
+                held = None
+                if ranks.is_main:
+                    try:
+                        stack.enter_context(run_lock(path.parent, f"{item.name}.lock"))
+                    except LockHeld as busy:
+                        held = str(busy)
+                held = ranks.broadcast(held, "taking the refinement's lock")
+                if held is not None:
+                    raise LockHeld(held)
+                t0 = time.perf_counter()
+                if ranks.is_main:
+                    self.log(f"[difftre] refine {key}: running on {ranks.world_size} ranks ({ranks.backend})")
+                result = steps.refine(job, self.out, self.atoms, self.fit_targets, lam, self._refinable,
+                                      lambda: self._frames, ranks)
+                if ranks.is_main:
+                    result["wall_s"] = round(time.perf_counter() - t0, 1)
+                    atomic_write_json(path, result)
+                    self.log(f"[difftre] refine {key}: finished in {result['wall_s']:.0f} s")
+        ranks.barrier("finishing the refinements")
 
     def run_model(self, lam: float) -> dict:
         """Only the items of the model refined with force-matching weight ``lam``."""

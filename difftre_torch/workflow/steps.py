@@ -30,6 +30,7 @@ import torch
 from ase import Atoms
 
 from difftre_torch.config import JobConfig
+from difftre_torch.distributed import SINGLE, Ranks
 from difftre_torch.experiment.target import Target
 from difftre_torch.workflow.build import cell_at_targets, comparable, make_sampler
 
@@ -69,20 +70,24 @@ def run_dir(job: JobConfig, out: Path, lam: float) -> Path:
 
 
 def refine(job: JobConfig, out: Path, atoms: Atoms, fit_targets: list[Target], lam: float,
-           potential_factory: Callable, frames_factory: Callable) -> dict:
+           potential_factory: Callable, frames_factory: Callable, ranks: Ranks = SINGLE) -> dict:
     """Refine with force-matching weight ``lam``; resumes from the run's checkpoint. The trainer
     settings are ``trainer`` with ``force_matching_weight = lam`` and no final sample (the
     refined model's comparison samples it). Returns {"dir", "lambda", "model", "loss_initial",
-    "loss_final", "resamples", "time_s", "blow_ups", "selected", "history"}."""
+    "loss_final", "resamples", "time_s", "blow_ups", "selected", "history"}. On several
+    ``ranks`` every rank calls it; rank 0 writes ``refine_result.json``."""
     from difftre_torch.checkpoint import atomic_write_json
 
     directory = run_dir(job, out, lam)
     done = directory / "refine_result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if ranks.broadcast(done.exists(), "agreeing on the finished refinements"):
+        return json.loads(done.read_text()) if ranks.is_main else {}
     trainer = make_trainer(job, directory, atoms, fit_targets, lam, potential_factory(),
-                           frames_factory if lam > 0 else None)
-    summary = trainer.fit(resume=trainer.checkpoint_path.exists())
+                           frames_factory if lam > 0 else None, ranks)
+    resume = ranks.broadcast(trainer.checkpoint_path.exists(), "agreeing on the checkpoint")
+    summary = trainer.fit(resume=resume)
+    if not ranks.is_main:
+        return {}
     history = [{"update": r.update, "loss": r.loss, "n_eff_ratio": r.n_eff_ratio,
                 "resampled": r.resampled, "state": r.state} for r in trainer.history]
     result = {"dir": str(directory), "lambda": lam, "model": summary.refined_potential,
@@ -94,20 +99,22 @@ def refine(job: JobConfig, out: Path, atoms: Atoms, fit_targets: list[Target], l
 
 
 def make_trainer(job: JobConfig, directory: Path, atoms: Atoms, fit_targets: list[Target], lam: float,
-                 potential, frames_factory: Callable | None = None):
+                 potential, frames_factory: Callable | None = None, ranks: Ranks = SINGLE):
     """The :class:`~difftre_torch.trainer.DiffTReTrainer` of one refinement: the ``refine`` state
     points sampled by ``sampler.kind`` (seed + 1000), ``trainer`` with ``force_matching_weight =
-    lam`` and no final sample, compiled sampling where the potential asks for it."""
+    lam`` and no final sample, compiled sampling where the potential asks for it (on several
+    ``ranks``, each rank compiles into its own folder, ``ranks/rank<r>/compiled``)."""
     from difftre_torch.trainer import DiffTReTrainer
     from difftre_torch.workflow.build import build_sampling_potential
 
     points = [p for p in job.state_points if p.refine]
-    sampler = make_sampler(job, atoms, points, SEED_OFFSETS["refine"])
+    sampler = make_sampler(job, atoms, points, SEED_OFFSETS["refine"], ranks)
     config = replace(job.trainer, force_matching_weight=float(lam), final_sample=False)
+    compile_dir = directory / "ranks" / f"rank{ranks.rank}" if ranks.active else directory
     return DiffTReTrainer(potential, atoms, [p.state_point() for p in points], fit_targets, config=config,
-                          out_dir=directory, sampler=sampler,
+                          out_dir=directory, sampler=sampler, ranks=ranks,
                           reference_frames=frames_factory() if frames_factory is not None and lam > 0 else None,
-                          sampling_potential=build_sampling_potential(job, potential, atoms, directory))
+                          sampling_potential=build_sampling_potential(job, potential, atoms, compile_dir))
 
 
 def evaluate_model(job: JobConfig, potential, sets: dict[str, list[Atoms]], binding_reference: dict | None,
