@@ -9,7 +9,9 @@
 #      "## sampling, DeePMD-kit on CUDA" where DeePMD-kit is installed);
 #   3. `difftre export lammps --compile-device cuda` of the NequIP base: nequip-compile for
 #      pair_nequip on the GPU (the file LAMMPS there would load);
-#   4. the g-C3N4 recipe in quick mode on the GPU with the time that is left (its log says how
+#   4. python -m benchmarks.distributed on the GPU(s): 1 process against 2 ranks (NCCL with a
+#      GPU per rank, gloo when the two share one GPU), into "## distributed on CUDA";
+#   5. the g-C3N4 recipe in quick mode on the GPU with the time that is left (its log says how
 #      far it got and how long each step took).
 # Usage: bash benchmarks/cuda_checks.sh OUT_DIR [BUDGET_S]   (default outputs/cuda_checks, 540 s)
 set -u
@@ -48,5 +50,6 @@ if python3 -c "import deepmd.pt" 2>/dev/null; then  # the deepmd extra: batched 
 fi
 stage export_lammps_cuda 150 python3 -m difftre_torch export lammps "$out/lammps_cuda" recipes/gc3n4/quick.yaml \
     --model data/world/base_model/base.ckpt --compile-device cuda
+stage bench_distributed 150 python3 -m benchmarks.distributed --updates 3 --out "$out/RESULTS.md"
 stage gc3n4_quick $(($(left) - 10)) python3 -m difftre_torch refine recipes/gc3n4/quick.yaml --out "${TMPDIR:-/tmp}/gc3n4_cuda"
 echo "total $((SECONDS - start)) s" >>"$out/summary.txt"

@@ -4,7 +4,7 @@ A refinement is launched on N ranks with ``torchrun --nproc-per-node N -m difftr
 CONFIG`` (on a SLURM cluster, ``srun`` starts one ``torchrun`` per node; README, "Several GPUs or
 nodes"). :func:`start` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``), joins the process group (NCCL when CUDA is available, gloo
-otherwise) and puts the rank on its device (``cuda:<LOCAL_RANK>``, else the CPU). Without a
+otherwise, or when ranks share a GPU) and puts the rank on its device (``cuda:<LOCAL_RANK>``, else the CPU). Without a
 launcher it returns :data:`SINGLE`, one process, and every function here is the identity, so
 the one-process path is today's.
 
@@ -60,7 +60,8 @@ class Ranks:
     rank: 0 … world_size − 1 (rank 0 writes the shared files); local_rank: the rank on its node
     (its CUDA device); device: where this rank computes; backend: "gloo", "nccl", or None for one
     process; timeout_s: the collectives' timeout. bytes_reduced: bytes this rank has all-reduced so
-    far (sent in as the payload; the algorithm's traffic is a small multiple of it)."""
+    far (sent in as the payload; the algorithm's traffic is a small multiple of it); reductions:
+    how many all-reduces (each pays the network's latency once)."""
 
     rank: int = 0
     world_size: int = 1
@@ -69,6 +70,7 @@ class Ranks:
     backend: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     bytes_reduced: int = 0
+    reductions: int = 0
 
     @property
     def active(self) -> bool:
@@ -94,6 +96,7 @@ class Ranks:
         out = tensor.detach().clone().contiguous()
         moved = out.to(self.comm_device)
         self.bytes_reduced += moved.numel() * moved.element_size()
+        self.reductions += 1
         try:
             dist.all_reduce(moved, op=getattr(dist.ReduceOp, op))
         except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise RuntimeError subclasses
@@ -213,7 +216,8 @@ def launched() -> bool:
 def start(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> Ranks:
     """Join the launcher's process group, or :data:`SINGLE` without a launcher.
 
-    backend: "nccl" when CUDA is available, else "gloo" (default); the rank's device is
+    backend: "nccl" when every rank on the node has a GPU of its own, else "gloo" (default; gloo
+    all-reduces on the CPU, so ranks sharing one GPU work too); the rank's device is
     ``cuda:<LOCAL_RANK>`` (made the current CUDA device, so a model on "cuda" lands there) or the
     CPU. SIGTERM (what torchrun sends the other ranks when one fails) raises :class:`RankFailure`."""
     if not launched():
@@ -225,7 +229,9 @@ def start(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> R
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if cuda else "gloo")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    # NCCL needs a GPU of its own per rank; ranks sharing a GPU exchange through gloo (on the CPU)
+    backend = backend or ("nccl" if cuda and torch.cuda.device_count() >= per_node else "gloo")
     if cuda:
         torch.cuda.set_device(local % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())

@@ -249,28 +249,39 @@ def test_exported_tables_give_the_correction_in_lammps(exported, lr, name, tmp_p
 STEPS = {"equilibration": 500, "production": 1500, "every": 10}
 
 
+def _lammps_npt(exported, lr, folder, steps: dict):
+    _, potential, unit, out, record = exported
+    # the snippet's own set-up lines (newton pair off for pair_nequip) after read_data, as a user's input has them
+    lmp = lr.start(out / "structure.data", extra=record["base"]["setup"] + lr.table_commands(out))
+    numbers = lr.numbers_from_types(lr.types_in_id_order(lmp), ["C", "N"])
+    model = lr.ExternalModel(lmp, potential.base, numbers, record_every=steps["every"])
+    lmp.commands_list(["timestep 0.001", "velocity all create 300.0 4928 mom yes rot yes dist gaussian",
+                       "fix md all npt temp 300 300 0.1 tri 1.0 1.0 0.2", f"run {steps['equilibration']}",
+                       "reset_timestep 0",
+                       f"dump d all custom {steps['every']} {folder / 'dump.lammpstrj'} id type x y z",
+                       'dump_modify d format line "%d %d %.17g %.17g %.17g"'])
+    model.frames.clear()
+    lmp.command(f"run {steps['production']}")
+    lmp.close()
+    return folder, numbers, model.frames
+
+
 @pytest.fixture(scope="module")
 def lammps_npt(exported, lr, tmp_path_factory):
     """LAMMPS NPT (300 K, 1 bar, Nosé-Hoover, full cell) of the refined model: the base through
     fix external, the correction through the exported tables; frames every 10 fs after 0.5 ps,
     recorded by the callback and dumped at full precision."""
-    _, potential, unit, out, record = exported
-    folder = tmp_path_factory.mktemp("lammps_npt")
-    # the snippet's own set-up lines (newton pair off for pair_nequip) after read_data, as a user's input has them
-    lmp = lr.start(out / "structure.data", extra=record["base"]["setup"] + lr.table_commands(out))
-    numbers = lr.numbers_from_types(lr.types_in_id_order(lmp), ["C", "N"])
-    model = lr.ExternalModel(lmp, potential.base, numbers, record_every=STEPS["every"])
-    lmp.commands_list(["timestep 0.001", "velocity all create 300.0 4928 mom yes rot yes dist gaussian",
-                       "fix md all npt temp 300 300 0.1 tri 1.0 1.0 0.2", f"run {STEPS['equilibration']}",
-                       "reset_timestep 0",
-                       f"dump d all custom {STEPS['every']} {folder / 'dump.lammpstrj'} id type x y z",
-                       'dump_modify d format line "%d %d %.17g %.17g %.17g"'])
-    model.frames.clear()
-    lmp.command(f"run {STEPS['production']}")
-    lmp.close()
-    return folder, numbers, model.frames
+    return _lammps_npt(exported, lr, tmp_path_factory.mktemp("lammps_npt"), STEPS)
 
 
+@pytest.fixture(scope="module")
+def lammps_short(exported, lr, tmp_path_factory):
+    """The same run, short (50 steps, then 30 frames): a dump whose triclinic box changes every frame."""
+    return _lammps_npt(exported, lr, tmp_path_factory.mktemp("lammps_short"),
+                       {"equilibration": 50, "production": 300, "every": 10})
+
+
+@pytest.mark.slow
 def test_lammps_npt_of_the_refined_model_matches_own_sampler(exported, lammps_npt):
     """The same model in both engines, 300 K and 1 bar: G(r) χ²/bin between them below 4 and
     the interlayer spacings within 4 combined block errors (5 blocks each)."""
@@ -308,7 +319,7 @@ def test_lammps_npt_of_the_refined_model_matches_own_sampler(exported, lammps_np
     assert 3.0 < float(a) < 4.6  # a layered solid still, not collapsed or apart
 
 
-def test_lammps_dump_reads_like_the_same_frames_as_extxyz(exported, lammps_npt, tmp_path):
+def test_lammps_dump_reads_like_the_same_frames_as_extxyz(exported, lammps_short, tmp_path):
     """`difftre compare --frames dump --types C N` on that run's dump (a triclinic box that changes
     every frame) equals the same frames read by ASE's own dump reader and written as extxyz at
     full precision (ASE's writer keeps 8 decimals, enough to move a pair across a g(r) bin edge)."""
@@ -316,7 +327,7 @@ def test_lammps_dump_reads_like_the_same_frames_as_extxyz(exported, lammps_npt, 
 
     from difftre_torch.cli import main
 
-    folder, numbers, frames = lammps_npt
+    folder, numbers, frames = lammps_short
     xyz = tmp_path / "frames.extxyz"
     by_ase = read(folder / "dump.lammpstrj", index=":", format="lammps-dump-text", specorder=["C", "N"])
     assert len(by_ase) == len(frames) and all(np.array_equal(a.numbers, numbers) for a in by_ase)
