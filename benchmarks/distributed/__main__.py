@@ -178,7 +178,7 @@ and 1 process with half (one rank's work alone). Times: rank 0's wall clock, med
 {chr(10).join(rows)}
 
 Speed-up of 2 ranks over 1 process with the same replicas: **{speedup:.2f}×**; 2 ranks / one rank's
-share alone: {overhead:.2f} (waiting for the slower rank, all-reduces, two processes on {usable_cores()} cores).
+share alone: {overhead:.2f} (the difference holds the waiting for the slower rank, the all-reduces and two processes sharing {usable_cores()} cores; not measured apart).
 
 Communication per update (counted on rank 0 by `Ranks`): **{nbytes / 1e3:.1f} kB** in {reductions:.0f}
 all-reduces ({one['parameters']} trainable parameters, once for the DiffTRe gradient and once for force
