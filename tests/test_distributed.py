@@ -57,7 +57,8 @@ def test_one_process_is_todays_path():
     assert torch.equal(effective_sample_size(w, SINGLE), effective_sample_size(w))
     values = torch.arange(6, dtype=torch.float64).reshape(3, 2)
     assert torch.equal(reweighted_mean(w, values, SINGLE), w @ values)
-    assert distributed.start() == distributed.Ranks() or not distributed.launched()
+    alone = distributed.start(timeout_s=5.0)  # pytest runs without a launcher
+    assert not distributed.launched() and not alone.active and alone.backend is None and alone.timeout_s == 5.0
 
 
 def test_replica_share_blocks_and_refuses_too_few_replicas():
