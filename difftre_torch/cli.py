@@ -224,9 +224,8 @@ def _refine(args, ranks) -> int:
     """``difftre refine``; under a launcher (torchrun) every rank refines together, then rank 0
     alone runs the comparisons, evaluations and the report (:mod:`difftre_torch.distributed`)."""
     from difftre_torch import distributed
-    from difftre_torch.config import ConfigError
     from difftre_torch.workflow.build import check_job
-    from difftre_torch.workflow.pipeline import Pipeline
+    from difftre_torch.workflow.pipeline import Pipeline, model_of_lambda
 
     say = (lambda s: print(s, flush=True)) if ranks.is_main else (lambda s: None)
     job = _job(args, quiet=not ranks.is_main)
@@ -234,9 +233,7 @@ def _refine(args, ranks) -> int:
         job.output = replace(job.output, dir=str(args.out))
     for line in check_job(job, load_models=False):
         say(line)
-    if args.lam is not None and float(args.lam) not in job.lambdas:
-        raise ConfigError(f"--lambda {args.lam:g}: not one of this config's force-matching weights "
-                          f"{[f'{x:g}' for x in job.lambdas]} (trainer.force_matching_weight, force_matching.scan)")
+    only = None if args.lam is None else model_of_lambda(job, args.lam)
     out = job.out_dir
     if ranks.active:
         say(f"[difftre] {ranks.world_size} ranks ({ranks.backend}, rank 0 on {ranks.device}, "
@@ -246,7 +243,7 @@ def _refine(args, ranks) -> int:
         ranks.barrier("preparing the output folder")
         if not ranks.is_main:
             pipeline = Pipeline(job, out, (), log=say, poll_s=args.poll, primary=False)
-        pipeline.refine_on_ranks(ranks, None if args.lam is None else job.model_key(float(args.lam)))
+        pipeline.refine_on_ranks(ranks, only)
         distributed.stop(ranks)
         if not ranks.is_main:
             return 0

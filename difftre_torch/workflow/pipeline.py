@@ -96,6 +96,21 @@ class Item:
     needs: tuple[tuple[str, str], ...] = ()
 
 
+def refined_models(job: JobConfig) -> list[tuple[float, str]]:
+    """(λ, model key) of every model the job refines (none with ``trainer.updates = 0``)."""
+    return [(lam, job.model_key(lam)) for lam in job.lambdas] if job.trainer.updates > 0 else []
+
+
+def model_of_lambda(job: JobConfig, lam: float) -> str:
+    """The key of the model refined with force-matching weight ``lam`` (``--lambda``); a
+    ConfigError when ``lam`` is not one of the job's weights."""
+    if float(lam) not in job.lambdas:
+        raise ConfigError(f"--lambda {lam:g}: not one of this config's force-matching weights "
+                          f"{[f'{x:g}' for x in job.lambdas]} (trainer.force_matching_weight, "
+                          "force_matching.scan)")
+    return job.model_key(float(lam))
+
+
 class Pipeline:
     """Runs the work items of ``job`` in order, caching each under ``<out>/steps``. ``poll_s``:
     how often a process with nothing free to do looks again; an item found held is tried again
@@ -159,7 +174,7 @@ class Pipeline:
         from difftre_torch.workflow import steps
 
         job = self.job
-        keys = [(lam, job.model_key(lam)) for lam in job.lambdas] if job.trainer.updates > 0 else []
+        keys = refined_models(job)
         out = [Item("structure_base", "base", lambda: steps.compare_model(
             job, self._model("base", done), self.atoms, self.report_targets, self.fit_targets,
             steps.SEED_OFFSETS["compare_base"], self.log))]
@@ -273,7 +288,7 @@ class Pipeline:
         from difftre_torch.workflow import steps
 
         job = self.job
-        keys = [(lam, job.model_key(lam)) for lam in job.lambdas] if job.trainer.updates > 0 else []
+        keys = refined_models(job)
         for lam, key in keys:
             if only is not None and key != only:
                 continue
@@ -304,11 +319,7 @@ class Pipeline:
 
     def run_model(self, lam: float) -> dict:
         """Only the items of the model refined with force-matching weight ``lam``."""
-        if float(lam) not in self.job.lambdas:
-            raise ConfigError(f"--lambda {lam:g}: not one of this config's force-matching weights "
-                              f"{[f'{x:g}' for x in self.job.lambdas]} (trainer.force_matching_weight, "
-                              "force_matching.scan)")
-        name = self.job.model_key(float(lam))
+        name = model_of_lambda(self.job, lam)
         done = self.work(only=name)
         self.log(f"[difftre] model {name} (λ={lam:g}): done")
         return {step: result for (step, _), result in done.items()}
