@@ -30,6 +30,10 @@ TensorBoard tags (grouped as the TensorBoard UI folds them):
 * ``state/<state point>/a_A`` … ``c_A`` (reweighted lattice lengths, Å), ``volume_A3``,
   ``pressure_GPa`` (virial pressure at sampling time);
 * ``param/<name>``: scalar parameters θ at which the update's loss was evaluated;
+* ``step/<key>``: the optimiser's step (``norm``; Levenberg–Marquardt: ``damping``, ``tries``,
+  ``predicted`` and ``realised`` loss change, ``n_eff_ratio_after``);
+* ``noise/loss_se`` (jackknife standard error of the target loss), ``noise/converged``;
+* ``pool/<state point>/trajectories``, ``.../snapshots``, ``.../n_eff_<round>`` (the snapshot pool);
 * figures ``targets/<target name>``: prediction vs experiment (:class:`FigureCallback`).
 """
 
@@ -110,6 +114,13 @@ def write_scalars(writer, record: UpdateRecord, step: int) -> None:
             add(f"state/{name}/{key}", value, step)
     for name, value in record.parameters.items():
         add(f"param/{name}", value, step)
+    for key, value in record.step.items():
+        add(f"step/{key}", value, step)
+    for key, value in record.noise.items():
+        add(f"noise/{key}", value, step)
+    for name, values in record.pool.items():
+        for key, value in values.items():
+            add(f"pool/{name}/{key}", value, step)
 
 
 class FigureCallback(Callback):

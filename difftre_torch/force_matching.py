@@ -86,11 +86,13 @@ class ReferenceFrames:
 @dataclass
 class ForceMatchingResult:
     """loss: scalar L_FM (detached); parts: energy_mse (eV²/atom²), force_mse (eV²/Å²);
-    grads: dL_FM/dθ per parameter."""
+    grads: dL_FM/dθ per parameter; hessian: ∂²L_FM/∂θ² [P, P] float64 over the flattened
+    parameters (with ``curvature=True``, else None)."""
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     grads: tuple[torch.Tensor, ...]
+    hessian: torch.Tensor | None = None
 
 
 def sample_minibatch(frames: ReferenceFrames, size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
@@ -127,12 +129,16 @@ def force_matching_gradient(potential: Potential, frames: ReferenceFrames,
                             *, energy_weight: float = 1.0, force_weight: float = 1.0,
                             device: torch.device | str = "cpu",
                             dtype: torch.dtype = torch.float64,
-                            ranks: Ranks | None = None) -> ForceMatchingResult:
+                            ranks: Ranks | None = None, curvature: bool = False) -> ForceMatchingResult:
     """L_FM on the minibatch and its gradient in θ (double backward through F = −∂U/∂x).
 
     ranks: several processes; ``batch`` is then the whole minibatch (the same on every rank),
-    each rank evaluates :func:`rank_minibatch` of it and the result is all-reduced."""
+    each rank evaluates :func:`rank_minibatch` of it and the result is all-reduced.
+    curvature: also the exact Hessian ∂²L_FM/∂θ² (one more backward per parameter entry through
+    the gradient's graph; for models with few parameters)."""
     params = list(params)
+    n_params = sum(p.numel() for p in params)
+    hessian = torch.zeros(n_params, n_params, dtype=torch.float64) if curvature else None
     total_frames = sum(len(idx) for _, idx in batch)
     if ranks is not None and ranks.active:
         batch = rank_minibatch(batch, ranks.rank, ranks.world_size)
@@ -151,15 +157,38 @@ def force_matching_gradient(potential: Potential, frames: ReferenceFrames,
             term, term_parts = energy_force_loss(
                 ev.energy, energies[sel].to(**to), ev.forces, forces[sel].to(**to), int(numbers.numel()),
                 energy_weight=energy_weight, force_weight=force_weight)
-            group_grads = torch.autograd.grad(share * term, params, allow_unused=True)
+            group_grads = torch.autograd.grad(share * term, params, allow_unused=True, create_graph=curvature)
+            if curvature:
+                hessian += _hessian_rows(group_grads, params)
         for acc, gg in zip(grads, group_grads):
             if gg is not None:
-                acc.add_(gg)
+                acc.add_(gg.detach())
         loss = loss + share * term.detach().double().cpu()
         for key in parts:
             parts[key] = parts[key] + share * term_parts[key].double().cpu()
     if ranks is not None and ranks.active:
         keys = list(parts)
-        summed = ranks.sum_list([loss, *parts.values(), *grads], "force matching")
+        extra = [hessian] if curvature else []
+        summed = ranks.sum_list([loss, *parts.values(), *grads, *extra], "force matching")
+        if curvature:
+            hessian = summed.pop()
         loss, parts, grads = summed[0], dict(zip(keys, summed[1:1 + len(keys)])), summed[1 + len(keys):]
-    return ForceMatchingResult(loss=loss, parts=parts, grads=tuple(grads))
+    return ForceMatchingResult(loss=loss, parts=parts, grads=tuple(grads), hessian=hessian)
+
+
+def _hessian_rows(grads: Sequence[torch.Tensor | None], params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """∂(grads)/∂θ [P, P] float64: one backward per entry of the flattened gradient (its graph kept)."""
+    n = sum(p.numel() for p in params)
+    rows = torch.zeros(n, n, dtype=torch.float64)
+    k = 0
+    for g, p in zip(grads, params):
+        if g is None or not g.requires_grad:
+            k += p.numel()
+            continue
+        flat_g = g.reshape(-1)
+        for i in range(flat_g.numel()):
+            second = torch.autograd.grad(flat_g[i], params, retain_graph=True, allow_unused=True)
+            rows[k + i] = torch.cat([torch.zeros(q.numel(), dtype=torch.float64) if s is None
+                                     else s.reshape(-1).double().cpu() for s, q in zip(second, params)])
+        k += p.numel()
+    return rows

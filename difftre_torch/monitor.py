@@ -86,9 +86,18 @@ def log_line(record: UpdateRecord) -> str:
     loss = record.loss
     terms = " ".join(f"{k}={v:.4g}" for k, v in loss.items() if k != "total")
     n_eff = " ".join(f"{k}:{v:.2f}" for k, v in record.n_eff_ratio.items())
+    step = record.step
+    if "damping" in step:
+        how = (f"LM mu={step['damping']:.2g} tries={int(step['tries'])} "
+               f"dL pred={step['predicted']:.3g} real={step['realised']:.3g}")
+    else:
+        how = f"lr={record.lr:.3g}"
+    noise = f"  SE(L)={record.noise['loss_se']:.2g}" if "loss_se" in record.noise else ""
+    pool = " ".join(f"{k}:{int(v['trajectories'])}x{int(v['snapshots'])}" for k, v in record.pool.items()
+                    if v.get("trajectories", 1) > 1)
     return (f"update {record.update:4d}  loss={loss['total']:.5g}  {terms}  N_eff/N {n_eff}  "
-            f"|g|={record.grad_norm:.3g}  lr={record.lr:.3g}"
-            f"{'  resampled' if record.resampled else ''}")
+            f"|g|={record.grad_norm:.3g}  {how}{noise}{'  pool ' + pool if pool else ''}"
+            f"{'  resampled' if record.resampled else ''}{'  converged' if record.noise.get('converged') else ''}")
 
 
 def logged_update(line: str) -> int | None:

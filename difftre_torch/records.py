@@ -11,7 +11,7 @@ two records of the same update are equal when every number but the wall clock is
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 
@@ -20,8 +20,11 @@ def _floats(mapping: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _check_keys(cls: type, data: Mapping[str, Any]) -> None:
+    """Every field without a default present, no unknown key (fields with defaults were added
+    later and may be missing in older files)."""
     names = [f.name for f in fields(cls)]
-    missing = [n for n in names if n not in data]
+    optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    missing = [n for n in names if n not in data and n not in optional]
     unknown = [k for k in data if k not in names]
     if missing or unknown:
         raise ValueError(f"{cls.__name__}.from_json: missing keys {missing}, unknown keys {unknown}")
@@ -47,6 +50,14 @@ class UpdateRecord:
     "volume_A3" (Å³), and "pressure_GPa" (virial pressure of the last sample, GPa).
     parameters: scalar trainable parameters θ by name at which ``loss`` was evaluated (before
     the step; :func:`~difftre_torch.monitor.scalar_parameters`), in their own units.
+    step: the optimiser's step: "norm" (|δθ|); for Levenberg–Marquardt also
+    "damping", "tries", "predicted" and "realised" (the reweighted loss change, loss units) and
+    "n_eff_ratio_after", "gain" (:class:`~difftre_torch.curvature.StepReport`).
+    noise: "loss_se", the jackknife standard error of the target loss
+    (:mod:`difftre_torch.convergence`); "converged": 1.0 once the stopping rule holds.
+    pool: per state point, "trajectories" (K kept), "snapshots" (pooled, every rank) and
+    "n_eff_<round>", the pooled N_eff attributed to each kept trajectory by the sampling round
+    that made it (:mod:`difftre_torch.sampling.pool`).
     """
 
     update: int
@@ -59,6 +70,9 @@ class UpdateRecord:
     time: dict[str, float] = field(compare=False)
     state: dict[str, dict[str, float]]
     parameters: dict[str, float]
+    step: dict[str, float] = field(default_factory=dict)
+    noise: dict[str, float] = field(default_factory=dict)
+    pool: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A plain dict of the fields, in field order (the checkpoint's ``history`` entries)."""
@@ -72,7 +86,9 @@ class UpdateRecord:
                    n_eff_ratio=_floats(data["n_eff_ratio"]), resampled=bool(data["resampled"]),
                    grad_norm=float(data["grad_norm"]), lr=float(data["lr"]), time=_floats(data["time"]),
                    state={str(k): _floats(v) for k, v in data["state"].items()},
-                   parameters=_floats(data["parameters"]))
+                   parameters=_floats(data["parameters"]), step=_floats(data.get("step", {})),
+                   noise=_floats(data.get("noise", {})),
+                   pool={str(k): _floats(v) for k, v in data.get("pool", {}).items()})
 
 
 @dataclass
@@ -94,6 +110,10 @@ class RunSummary:
     "min_n_eff_ratio" (for "best")}. figures, tables: paths of the PNGs and CSVs written.
     blow_ups: the sampler's messages about replicas that blew up and were restarted.
     config: the :class:`~difftre_torch.trainer.TrainerConfig` as a dict.
+    stopped: why the updates ended before ``config["updates"]`` ("" if they did not), e.g. the
+    stopping rule (:func:`~difftre_torch.convergence.converged`). parameter_errors: scalar θ by name
+    → its standard error from the sampling noise (and the targets' σ), for Gauss–Newton steps
+    (:func:`~difftre_torch.curvature.parameter_errors`); empty otherwise.
     """
 
     updates: int
@@ -112,6 +132,8 @@ class RunSummary:
     tables: list[str]
     blow_ups: list[str]
     config: dict[str, Any]
+    stopped: str = ""
+    parameter_errors: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A plain dict of the fields, in field order (what ``summary.json`` holds)."""
@@ -121,4 +143,4 @@ class RunSummary:
     def from_json(cls, data: Mapping[str, Any]) -> RunSummary:
         """The summary of ``to_json()``'s dict or of a loaded ``summary.json``; every key required."""
         _check_keys(cls, data)
-        return cls(**{f.name: copy.deepcopy(data[f.name]) for f in fields(cls)})
+        return cls(**{f.name: copy.deepcopy(data[f.name]) for f in fields(cls) if f.name in data})

@@ -60,23 +60,29 @@ from difftre_torch.checkpoint import (
     remove_stale_temp_files,
     run_lock,
 )
+from difftre_torch.convergence import block_labels, converged, jackknife_loss_error, jackknife_replicates
+from difftre_torch.curvature import (LevenbergMarquardt, Trial, flat, parameter_errors, residual_vector,
+                                     snapshot_jacobians, target_residuals, unflat)
 from difftre_torch.distributed import SINGLE, Ranks, replica_share
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
 from difftre_torch.gradient import difftre_gradient, reweight
 from difftre_torch.monitor import history_figure, save_figure, scalar_parameters, target_figure
-from difftre_torch.objective import assign_targets, fill_store, make_chunk_fn, make_loss_fn, reweighted_predictions
+from difftre_torch.objective import (assign_targets, fill_store, make_chunk_fn, make_loss_fn, reference_energies,
+                                     reweighted_predictions)
 from difftre_torch.observables.thermo import lattice_lengths, pressure
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
-from difftre_torch.potentials.base import Potential
+from difftre_torch.potentials.base import Potential, parameters_at
 from difftre_torch.potentials.io import save_potential
 from difftre_torch.records import RunSummary, UpdateRecord
 from difftre_torch.reweighting import reweighted_mean
 from difftre_torch.sampling.base import Sampler, SamplerConfig, StatePoint
+from difftre_torch.sampling.pool import RETENTION_RULES, SnapshotPool
 from difftre_torch.sampling.sampler import AseSampler
 from difftre_torch.sampling.store import SnapshotStore
 
 CHECKPOINT_FORMAT = 1
+OPTIMIZERS = ("adam", "levenberg_marquardt")
 
 
 @dataclass
@@ -119,6 +125,33 @@ class TrainerConfig:
                                                          "lowest loss evaluated with N_eff/N ≥ select_min_n_eff_ratio)"})
     select_min_n_eff_ratio: float = field(default=0.9, metadata={"doc": "select: best: the N_eff/N an update "
                                                                          "needs to count, in (0, 1]"})
+    optimizer: str = field(default="adam", metadata={
+        "doc": "adam (first-order steps, learning_rate and its schedule) or levenberg_marquardt (damped "
+               "Gauss-Newton steps from the reweighting Jacobian; for models with few parameters)"})
+    lm_damping: float = field(default=1e-3, metadata={"doc": "levenberg_marquardt: the first damping mu "
+                                                             "(then /3 after an accepted step, x4 after a rejected one)"})
+    lm_min_n_eff_ratio: float = field(default=0.5, metadata={
+        "doc": "levenberg_marquardt: the trust region; a step whose N_eff/N at the new parameters falls below "
+               "it leaves what the samples cover and is shortened, in (0, 1]"})
+    lm_max_tries: int = field(default=8, metadata={"doc": "levenberg_marquardt: damped tries per update"})
+    lm_max_parameters: int = field(default=2000, metadata={
+        "doc": "levenberg_marquardt: refuse models with more trainable entries (the Jacobian is "
+               "snapshots x parameters)"})
+    pool_size: int = field(default=1, metadata={
+        "doc": "K: trajectories kept per state point and reweighted together (MBAR); 1: only the last "
+               "one (single-trajectory DiffTRe)"})
+    pool_retention: str = field(default="recent", metadata={
+        "doc": "recent (keep the pool_size most recent) or share (also drop a trajectory whose share of "
+               "the pooled weight falls below pool_min_share)"})
+    pool_min_share: float = field(default=0.05, metadata={"doc": "pool_retention: share: the smallest share of "
+                                                                 "the pooled weight a kept trajectory has"})
+    stop_patience: int = field(default=0, metadata={
+        "doc": "stop once this many consecutive updates changed the target loss (and predicted a decrease) "
+               "within stop_noise_factor x its sampling noise; 0: run all updates"})
+    stop_noise_factor: float = field(default=1.0, metadata={"doc": "the stopping rule's multiple of the "
+                                                                    "loss's standard error"})
+    noise_blocks: int = field(default=4, metadata={"doc": "blocks per replica and trajectory in the jackknife "
+                                                          "of the loss's noise"})
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "exponential", "cosine"):
@@ -126,6 +159,11 @@ class TrainerConfig:
                              f"'cosine', got {self.lr_schedule!r}")
         if self.select not in ("last", "best"):
             raise ValueError(f"TrainerConfig.select: expected 'last' or 'best', got {self.select!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainerConfig.optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.pool_retention not in RETENTION_RULES:
+            raise ValueError(f"TrainerConfig.pool_retention: expected one of {RETENTION_RULES}, "
+                             f"got {self.pool_retention!r}")
         checks = (("updates", self.updates >= 0, ">= 0"), ("chunk_size", self.chunk_size >= 1, ">= 1"),
                   ("learning_rate", self.learning_rate > 0, "> 0"),
                   ("resample_ratio", 0.0 < self.resample_ratio <= 1.0, "in (0, 1]"),
@@ -140,7 +178,16 @@ class TrainerConfig:
                    "two numbers in [0, 1)"),
                   ("fm_energy_weight", self.fm_energy_weight >= 0, ">= 0"),
                   ("fm_force_weight", self.fm_force_weight >= 0, ">= 0"),
-                  ("seed", self.seed >= 0, ">= 0"))
+                  ("seed", self.seed >= 0, ">= 0"),
+                  ("lm_damping", self.lm_damping > 0, "> 0"),
+                  ("lm_min_n_eff_ratio", 0.0 < self.lm_min_n_eff_ratio <= 1.0, "in (0, 1]"),
+                  ("lm_max_tries", self.lm_max_tries >= 1, ">= 1"),
+                  ("lm_max_parameters", self.lm_max_parameters >= 1, ">= 1"),
+                  ("pool_size", self.pool_size >= 1, ">= 1"),
+                  ("pool_min_share", 0.0 <= self.pool_min_share < 1.0, "in [0, 1)"),
+                  ("stop_patience", self.stop_patience >= 0, ">= 0"),
+                  ("stop_noise_factor", self.stop_noise_factor > 0, "> 0"),
+                  ("noise_blocks", self.noise_blocks >= 2, ">= 2"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"TrainerConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
@@ -225,6 +272,11 @@ class DiffTReTrainer:
             p for p in potential.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("DiffTReTrainer: the potential has no trainable parameters")
+        entries = sum(p.numel() for p in self.params)
+        if self.config.optimizer == "levenberg_marquardt" and entries > self.config.lm_max_parameters:
+            raise ValueError(f"TrainerConfig.optimizer: levenberg_marquardt needs at most lm_max_parameters = "
+                             f"{self.config.lm_max_parameters} trainable entries, the potential has {entries}; "
+                             "use adam (or raise lm_max_parameters: the Jacobian is snapshots x parameters)")
         if self.config.force_matching_weight > 0 and reference_frames is None:
             raise ValueError("DiffTReTrainer: force_matching_weight > 0 needs reference_frames")
         self.reference_frames = reference_frames
@@ -235,8 +287,12 @@ class DiffTReTrainer:
         self.fm_rng = np.random.default_rng([self.config.seed, 17])
         self.chunk_fn = make_chunk_fn(self.grouped)
         self.loss_fn = make_loss_fn(self.grouped, self.point_names, ranks)
-        self.stores: list[SnapshotStore] | None = None
-        self.sizes: list[int] = []  # snapshots per state point over every rank
+        self.stores: list[SnapshotStore] | None = None  # per state point: the pool's merged store
+        self.pools: list[SnapshotPool] | None = None
+        self.sizes: list[int] = []  # snapshots per state point over every rank, of the newest trajectory
+        self.rounds_sampled = 0
+        self.lm = LevenbergMarquardt(self.config.lm_damping, self.config.lm_min_n_eff_ratio, self.config.lm_max_tries)
+        self.parameter_errors: dict[str, float] = {}
         self.update = 0
         self.resamples = 0
         self.history: list[UpdateRecord] = []
@@ -256,9 +312,10 @@ class DiffTReTrainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 
-    def _sample(self) -> float:
-        """Sample every state point with the current potential and refill the stores; seconds.
-        The stores' U_θ̃ come from ``self.potential`` whatever ``sampling_potential`` sampled."""
+    def _sample(self, fresh: bool = False) -> float:
+        """Sample every state point with the current potential and add the trajectories to the
+        pools (``fresh``: to new, empty pools); seconds. The stores' U_θ̃ come from
+        ``self.potential`` whatever ``sampling_potential`` sampled."""
         t0 = time.perf_counter()
         source = self.sampling_potential
         raw = self.sampler.sample(self.potential if source is None else source.for_sampling())
@@ -277,9 +334,24 @@ class DiffTReTrainer:
                                     cells[k:k + self.config.chunk_size], numbers, point.temperature_K)
                            for k in range(0, positions.shape[0], self.config.chunk_size)])
             self.sample_stats[point.name] = self._round_stats(p, r.stats, sampled_with)
-        self.stores = stores
+        cfg = self.config
+        if self.pools is None or fresh:
+            self.pools = [SnapshotPool(cfg.pool_size, cfg.pool_retention, cfg.pool_min_share, self.ranks)
+                          for _ in stores]
+        theta = [p.detach().cpu().clone() for p in self.params]
+        for pool, store in zip(self.pools, stores):
+            pool.add(store, theta, self._energies_at, self.rounds_sampled)
+        self.rounds_sampled += 1
+        self.stores = [pool.merged for pool in self.pools]
         self.sizes = [self.sample_stats[s.name]["snapshots"] for s in stores]
         return time.perf_counter() - t0
+
+    def _energies_at(self, store: SnapshotStore, theta: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """U(S_j) [S] eV of a store's snapshots at parameters ``theta`` (None: the current ones);
+        θ is restored bit for bit afterwards (the pools' energy matrix)."""
+        with parameters_at(self.params, theta):
+            return reference_energies(self.potential, store.positions, store.cells, store.numbers,
+                                      self.config.chunk_size)
 
     def _round_stats(self, pressures: torch.Tensor, stats: dict, sampled_with: str) -> dict:
         """A state point's sampling statistics over every rank: the mean virial pressure (GPa),
@@ -330,18 +402,23 @@ class DiffTReTrainer:
             result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
                                       chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
         values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
+        labels = [block_labels(store, pool.segments, cfg.noise_blocks) for store, pool in zip(self.stores, self.pools)]
+        noise = {"target_loss": float(result.loss),
+                 "loss_se": jackknife_loss_error(self.loss_fn, result.weights, values, labels, self.ranks)}
         predictions = reweighted_predictions(result.weights, values, self.grouped, self.point_names, self.ranks)
         if self.initial_predictions is None:
             self.initial_predictions = {k: v.detach().cpu().double() for k, v in predictions.items()}
         grads = [g.detach().clone() for g in result.grads]
         loss = {"total": float(result.loss)}
         loss.update({name: float(v) for name, v in result.parts.items()})
+        lm = cfg.optimizer == "levenberg_marquardt"
+        fm = batch = None
         if cfg.force_matching_weight > 0:
             batch = sample_minibatch(self.reference_frames, cfg.fm_batch_frames, self.fm_rng)
             fm = force_matching_gradient(self.potential, self.reference_frames, batch, self.params,
                                          energy_weight=cfg.fm_energy_weight,
                                          force_weight=cfg.fm_force_weight,
-                                         device=self.device, dtype=self.dtype, ranks=self.ranks)
+                                         device=self.device, dtype=self.dtype, ranks=self.ranks, curvature=lm)
             for g, fg in zip(grads, fm.grads):
                 g.add_(cfg.force_matching_weight * fg)
             loss["force_matching"] = cfg.force_matching_weight * float(fm.loss)
@@ -356,11 +433,18 @@ class DiffTReTrainer:
         self._remember_if_best(loss["total"], [n / size for size, n in zip(self.sizes, result.n_eff)])
         lr = float(self.optimizer.param_groups[0]["lr"])
         theta = scalar_parameters(self.potential) if isinstance(self.potential, torch.nn.Module) else {}
-        for p, g in zip(self.params, grads):
-            p.grad = g.to(p)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if lm:
+            step = self._lm_step(result, values, labels, grads, fm, batch, loss["total"])
+        else:
+            before = [p.detach().clone() for p in self.params]
+            for p, g in zip(self.params, grads):
+                p.grad = g.to(p)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            step = {"norm": float(torch.sqrt(sum(((p.detach() - b).double() ** 2).sum()
+                                                 for p, b in zip(self.params, before))))}
+        pool_info = self._pool_info(result)
         self.update += 1
         update_s = time.perf_counter() - t0 - sample_s
         self.times["sample"] += sample_s
@@ -376,10 +460,78 @@ class DiffTReTrainer:
             time={"sample": sample_s, "update": update_s},
             state=self._state_values(result.weights),
             parameters=theta,  # θ at which this record's loss was evaluated (before the step)
+            step=step,
+            noise=noise,
+            pool=pool_info,
         )
         self.history.append(record)
+        if converged(self.history, cfg.stop_patience, cfg.stop_noise_factor):
+            record.noise["converged"] = 1.0
         self.last_predictions = predictions
         return record
+
+    def _lm_step(self, result, values, labels, grads, fm, batch, total: float) -> dict[str, float]:
+        """One Levenberg–Marquardt step (:mod:`difftre_torch.curvature`) from the update's weights:
+        the Jacobian of the averages, the Gauss–Newton matrix plus λ times force matching's
+        Hessian, trials reweighted on the pools (and force matching on the same minibatch); θ is
+        moved by the accepted step. Also updates :attr:`parameter_errors`."""
+        cfg = self.config
+        jacobians = [snapshot_jacobians(self.potential, store, self.chunk_fn, self.params, cfg.chunk_size)
+                     for store in self.stores]
+        residuals = target_residuals(self.grouped, self.point_names, result.weights, values, jacobians,
+                                     [store.kT_eV for store in self.stores], self.ranks)
+        gradient = flat(grads)
+        hessian = residuals.gauss_newton()
+        if fm is not None:
+            hessian = hessian + cfg.force_matching_weight * fm.hessian
+
+        def trial(delta: torch.Tensor) -> Trial:
+            moved = [p.detach() + d for p, d in zip(self.params, unflat(delta, self.params))]
+            with parameters_at(self.params, moved):
+                rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size,
+                              ranks=self.ranks)
+                with torch.no_grad():
+                    value = float(self.loss_fn(rw.weights, rw.values)[0])
+                if fm is not None:
+                    value += cfg.force_matching_weight * float(force_matching_gradient(
+                        self.potential, self.reference_frames, batch, self.params,
+                        energy_weight=cfg.fm_energy_weight, force_weight=cfg.fm_force_weight,
+                        device=self.device, dtype=self.dtype, ranks=self.ranks).loss)
+            return Trial(value, min(n / size for n, size in zip(rw.n_eff, self.sizes)))
+
+        report = self.lm.propose(total, gradient, hessian, trial)
+        with torch.no_grad():
+            for p, d in zip(self.params, unflat(report.step, self.params)):
+                p.add_(d)
+        replicates = jackknife_replicates(
+            lambda w: residual_vector(self.grouped, self.point_names, w, values, self.ranks),
+            result.weights, labels, self.ranks)
+        errors = parameter_errors(residuals, hessian, replicates, self.grouped, self.point_names)
+        self.parameter_errors = self._named_entries(errors)
+        return report.to_json()
+
+    def _named_entries(self, vector: torch.Tensor, limit: int = 64) -> dict[str, float]:
+        """A flat [P] vector over ``params`` by parameter name (``name`` or ``name[i]``), at most ``limit``."""
+        names = {id(p): n for n, p in self.potential.named_parameters()} if isinstance(
+            self.potential, torch.nn.Module) else {}
+        out, k = {}, 0
+        for i, p in enumerate(self.params):
+            name = names.get(id(p), f"param{i}")
+            for j in range(p.numel()):
+                if len(out) < limit:
+                    out[name if p.numel() == 1 else f"{name}[{j}]"] = float(vector[k + j])
+            k += p.numel()
+        return out
+
+    def _pool_info(self, result) -> dict[str, dict[str, float]]:
+        """Per state point: trajectories kept, pooled snapshots, and each kept trajectory's part of
+        N_eff (its share of the weight times N_eff), by the round that sampled it."""
+        out = {}
+        for store, pool, w, n_eff in zip(self.stores, self.pools, result.weights, result.n_eff):
+            shares = pool.shares(w) if len(pool) > 1 else [1.0]
+            out[store.name] = {"trajectories": float(len(pool)), "snapshots": float(pool.size),
+                               **{f"n_eff_{r}": s * n_eff for r, s in zip(pool.rounds, shares)}}
+        return out
 
     def _remember_if_best(self, loss: float, n_eff_ratios: list[float]) -> None:
         """Keep θ (as evaluated by the update now running, before its step) if its loss is the
@@ -420,6 +572,9 @@ class DiffTReTrainer:
             "initial_predictions": self.initial_predictions,
             "times": self.times,
             "best": self.best,
+            "lm": self.lm.state_dict(),
+            "rounds_sampled": self.rounds_sampled,
+            "parameter_errors": self.parameter_errors,
         }
         if self.ranks.active:
             return {**state, "world_size": self.ranks.world_size}
@@ -432,7 +587,8 @@ class DiffTReTrainer:
             "rank": self.ranks.rank,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "sampler": self.sampler.state_dict(),
-            "stores": None if self.stores is None else [s.state_dict() for s in self.stores],
+            "stores": None,  # kept for the format; the pools hold the stores
+            "pools": None if self.pools is None else [p.state_dict() for p in self.pools],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -460,16 +616,25 @@ class DiffTReTrainer:
         random.setstate(state["rng"]["python"])
         self.fm_rng.bit_generator.state = state["rng"]["fm"]
         self.sampler.load_state_dict(state["sampler"])
-        self.stores = None
-        if state["stores"] is not None:
-            self.stores = []
-            for s in state["stores"]:
-                s = dict(s)
-                for key in ("positions", "cells", "reference_energies"):
-                    s[key] = s[key].to(self.device, self.dtype)
-                s["numbers"] = s["numbers"].to(self.device)
-                s["observables"] = {k: v.to(self.device, self.dtype) for k, v in s["observables"].items()}
-                self.stores.append(SnapshotStore.from_state_dict(s))
+        cfg = self.config
+        self.stores = self.pools = None
+        if state.get("pools") is not None:
+            self.pools = []
+            for ps in state["pools"]:
+                pool = SnapshotPool(cfg.pool_size, cfg.pool_retention, cfg.pool_min_share, self.ranks)
+                pool.load_state_dict(ps, self._store_from)
+                self.pools.append(pool)
+        elif state["stores"] is not None:  # a checkpoint from before pools: one trajectory, θ unknown
+            self.pools = [SnapshotPool.of_store(self._store_from(s), self.sample_stats_of(state, s["name"]),
+                                                capacity=cfg.pool_size, retention=cfg.pool_retention,
+                                                min_share=cfg.pool_min_share, ranks=self.ranks)
+                          for s in state["stores"]]
+        if self.pools is not None:
+            self.stores = [pool.merged for pool in self.pools]
+        if "lm" in state:
+            self.lm.load_state_dict(state["lm"])
+        self.rounds_sampled = int(state.get("rounds_sampled", 0))
+        self.parameter_errors = dict(state.get("parameter_errors", {}))
         self.update = int(state["update"])
         self.history = [UpdateRecord.from_json(r) for r in state["history"]]
         self.resamples = int(state["resamples"])
@@ -479,6 +644,20 @@ class DiffTReTrainer:
         self.best = state.get("best")  # absent in checkpoints written before select="best" existed
         if self.stores is not None:
             self.sizes = [self.sample_stats[s.name]["snapshots"] for s in self.stores]
+
+    @staticmethod
+    def sample_stats_of(state: dict, name: str) -> int:
+        """The global snapshot count of state point ``name``'s last sample in a checkpoint ``state``."""
+        return int(state["sample_stats"][name]["snapshots"])
+
+    def _store_from(self, s: dict) -> SnapshotStore:
+        """A store from its checkpoint dict, on the potential's device and dtype."""
+        s = dict(s)
+        for key in ("positions", "cells", "reference_energies"):
+            s[key] = s[key].to(self.device, self.dtype)
+        s["numbers"] = s["numbers"].to(self.device)
+        s["observables"] = {k: v.to(self.device, self.dtype) for k, v in s["observables"].items()}
+        return SnapshotStore.from_state_dict(s)
 
     def _rank_checkpoint(self, update: int) -> Path:
         return self.out_dir / "ranks" / f"rank{self.ranks.rank}.update{update}.pt"
@@ -526,7 +705,7 @@ class DiffTReTrainer:
             for callback in self.callbacks:
                 callback.on_fit_start(self)
                 started.append(callback)
-            while self.update < cfg.updates:
+            while self.update < cfg.updates and not self.converged:
                 record = self.step()
                 for callback in self.callbacks:
                     callback.on_update_end(self, record)
@@ -541,6 +720,11 @@ class DiffTReTrainer:
         for callback in self.callbacks:
             callback.on_fit_end(self, summary)
         return summary
+
+    @property
+    def converged(self) -> bool:
+        """Whether the stopping rule held at the last update (:func:`~difftre_torch.convergence.converged`)."""
+        return bool(self.history and self.history[-1].noise.get("converged"))
 
     # ------------------------------------------------------------------ results
 
@@ -563,7 +747,7 @@ class DiffTReTrainer:
         selected = self._apply_selection()
         final_sample_s = 0.0
         if self.stores is None or self.config.final_sample:
-            final_sample_s = self._sample()
+            final_sample_s = self._sample(fresh=True)
         predictions, final_loss, n_eff = self.evaluate_targets()
         blow_ups = list(getattr(self.sampler, "blow_ups", []))
         if self.ranks.active:
@@ -596,6 +780,10 @@ class DiffTReTrainer:
             tables=tables,
             blow_ups=blow_ups,
             config=asdict(self.config),
+            stopped=(f"converged at update {self.update}: the target loss changed by less than "
+                     f"{self.config.stop_noise_factor:g} x its sampling noise for {self.config.stop_patience} "
+                     "updates" if self.converged and self.update < self.config.updates else ""),
+            parameter_errors=dict(self.parameter_errors),
         )
         if writes:
             atomic_write_json(out / "summary.json", summary.to_json())

@@ -130,3 +130,27 @@ def evaluate(
         force_out = None if force_out is None else force_out.detach()
         stress_out = None if stress_out is None else stress_out.detach()
     return Evaluation(energy=energy, forces=force_out, stress=stress_out, volume=volume)
+
+
+@contextlib.contextmanager
+def parameters_at(params, values):
+    """Temporarily set ``params`` (trainable parameters) to ``values`` (tensors of the same shapes;
+    ``None``: leave them), restoring the exact previous values on exit (a bit-for-bit copy)."""
+    params = list(params)
+    if values is None:
+        yield
+        return
+    values = list(values)
+    if len(values) != len(params) or any(v.shape != p.shape for v, p in zip(values, params)):
+        raise ValueError(f"parameters_at: {len(values)} tensors of shapes {[tuple(v.shape) for v in values]} "
+                         f"for {len(params)} parameters of shapes {[tuple(p.shape) for p in params]}")
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, v in zip(params, values):
+                p.copy_(v.to(p))
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
