@@ -31,16 +31,20 @@ if TYPE_CHECKING:
     from difftre_torch.records import UpdateRecord
 
 
-def block_labels(store: SnapshotStore, segments: torch.Tensor | None, n_blocks: int) -> torch.Tensor:
-    """[S] int64 block of every snapshot: (trajectory, replica, time block) as one number,
-    the same on every rank (replica indices are global). Snapshots of one replica of one trajectory
-    are consecutive in the store, in time order."""
+def block_labels(store: SnapshotStore, segments: torch.Tensor | None, n_blocks: int,
+                 n_replicas: int | None = None) -> torch.Tensor:
+    """[S] int64 block of every snapshot: (trajectory, replica, time block) as one number.
+    n_replicas: the state point's replicas over every rank, so that the numbers mean the same on
+    every rank (replica indices are global); default: this store's largest index + 1. Snapshots of
+    one replica of one trajectory are consecutive in the store, in time order."""
     if n_blocks < 1:
         raise ValueError(f"block_labels: n_blocks must be >= 1, got {n_blocks}")
     s = len(store)
     segments = torch.zeros(s, dtype=torch.long) if segments is None else segments.cpu()
     replica = store.replica.cpu()
-    group = segments * (int(replica.max()) + 1 if s else 1) + replica
+    if n_replicas is None:
+        n_replicas = int(replica.max()) + 1 if s else 1
+    group = segments * n_replicas + replica
     labels = torch.empty(s, dtype=torch.long)
     for g in torch.unique(group):
         idx = torch.nonzero(group == g).flatten()

@@ -213,7 +213,7 @@ class LevenbergMarquardt:
     outside what the samples cover and is rejected. max_tries: tries per update.
     """
 
-    def __init__(self, damping: float = 1e-3, min_n_eff_ratio: float = 0.5, max_tries: int = 8,
+    def __init__(self, damping: float = 1e-3, min_n_eff_ratio: float = 0.1, max_tries: int = 8,
                  min_damping: float = 1e-9, max_damping: float = 1e9) -> None:
         self.damping, self.min_n_eff_ratio, self.max_tries = damping, min_n_eff_ratio, max_tries
         self.min_damping, self.max_damping = min_damping, max_damping

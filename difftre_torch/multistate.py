@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -34,20 +35,23 @@ import torch
 
 
 def _pymbar():
-    """pymbar, imported without its banner about JAX (printed on stdout at import)."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    """pymbar, imported without its notes about JAX and its timeseries module (logged at import)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pymbar
     return pymbar
 
 
 def free_energies(reduced: np.ndarray | torch.Tensor, counts: np.ndarray | list[int],
-                  tolerance: float = 1e-12) -> np.ndarray:
+                  tolerance: float = 1e-10) -> np.ndarray:
     """MBAR's dimensionless free energies f_k [K] (f_0 = 0) with pymbar.
 
     reduced: [K, N] u_k(S_j) = β U_θk(S_j) of every pooled snapshot j under every parameter set k
     (any per-column constant may be added). counts: [K] N_k, the snapshots sampled with θ_k
-    (Σ N_k = N). K = 1 gives [0] without a solve.
+    (Σ N_k = N). K = 1 gives [0] without a solve. ``tolerance``: pymbar's relative tolerance;
+    the result is checked against the self-consistent equations (module docstring) and a
+    residual above 1e-6 raises, since the weights would then not be MBAR's.
     """
     u = np.asarray(reduced.detach().cpu().double() if isinstance(reduced, torch.Tensor) else reduced,
                    dtype=np.float64)
@@ -60,11 +64,32 @@ def free_energies(reduced: np.ndarray | torch.Tensor, counts: np.ndarray | list[
     if u.shape[0] == 1:
         return np.zeros(1)
     pymbar = _pymbar()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mbar = pymbar.MBAR(u, n_k, relative_tolerance=tolerance, maximum_iterations=100000)
+    quiet = logging.getLogger("pymbar")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its solver's notes on tolerances; the check below decides
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mbar = pymbar.MBAR(u, n_k, relative_tolerance=tolerance, maximum_iterations=2000)
+    finally:
+        quiet.setLevel(level)
     f = np.asarray(mbar.f_k, dtype=np.float64)
-    return f - f[0]
+    f = f - f[0]
+    residual = float(np.abs(self_consistency(u, n_k, f)).max())
+    if not residual < 1e-6:
+        raise ArithmeticError(f"free_energies: pymbar's f_k miss the MBAR equations by {residual:.2g} "
+                              "(the trajectories may not overlap at all)")
+    return f
+
+
+def self_consistency(reduced: np.ndarray, counts: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """f_k^new − f_k with f^new = −ln Σ_j exp(−u_k(S_j)) / Σ_l N_l exp(f_l − u_l(S_j)), both with
+    f_0 = 0: zero at the MBAR solution, [K]."""
+    from scipy.special import logsumexp
+
+    log_d = logsumexp(np.log(counts)[:, None] + f[:, None] - reduced, axis=0)
+    new = -logsumexp(-reduced - log_d[None, :], axis=1)
+    return (new - new[0]) - f
 
 
 def log_mixture(reduced: torch.Tensor, counts: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

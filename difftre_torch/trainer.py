@@ -130,13 +130,17 @@ class TrainerConfig:
                "Gauss-Newton steps from the reweighting Jacobian; for models with few parameters)"})
     lm_damping: float = field(default=1e-3, metadata={"doc": "levenberg_marquardt: the first damping mu "
                                                              "(then /3 after an accepted step, x4 after a rejected one)"})
-    lm_min_n_eff_ratio: float = field(default=0.5, metadata={
+    lm_min_n_eff_ratio: float = field(default=0.1, metadata={
         "doc": "levenberg_marquardt: the trust region; a step whose N_eff/N at the new parameters falls below "
-               "it leaves what the samples cover and is shortened, in (0, 1]"})
+               "it leaves what the samples cover and is shortened, in (0, 1] (N: one trajectory's snapshots)"})
     lm_max_tries: int = field(default=8, metadata={"doc": "levenberg_marquardt: damped tries per update"})
     lm_max_parameters: int = field(default=2000, metadata={
         "doc": "levenberg_marquardt: refuse models with more trainable entries (the Jacobian is "
                "snapshots x parameters)"})
+    line_search: bool = field(default=False, metadata={
+        "doc": "adam: scale each step by the factor (1/4 ... line_search_max_scale, powers of 2) with the lowest "
+               "reweighted loss inside the trust region lm_min_n_eff_ratio (any number of parameters)"})
+    line_search_max_scale: float = field(default=8.0, metadata={"doc": "line_search: the largest factor tried, >= 1"})
     pool_size: int = field(default=1, metadata={
         "doc": "K: trajectories kept per state point and reweighted together (MBAR); 1: only the last "
                "one (single-trajectory DiffTRe)"})
@@ -184,6 +188,7 @@ class TrainerConfig:
                   ("lm_max_tries", self.lm_max_tries >= 1, ">= 1"),
                   ("lm_max_parameters", self.lm_max_parameters >= 1, ">= 1"),
                   ("pool_size", self.pool_size >= 1, ">= 1"),
+                  ("line_search_max_scale", self.line_search_max_scale >= 1, ">= 1"),
                   ("pool_min_share", 0.0 <= self.pool_min_share < 1.0, "in [0, 1)"),
                   ("stop_patience", self.stop_patience >= 0, ">= 0"),
                   ("stop_noise_factor", self.stop_noise_factor > 0, "> 0"),
@@ -402,7 +407,8 @@ class DiffTReTrainer:
             result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
                                       chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
         values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
-        labels = [block_labels(store, pool.segments, cfg.noise_blocks) for store, pool in zip(self.stores, self.pools)]
+        labels = [block_labels(store, pool.segments, cfg.noise_blocks, point.replicas)
+                  for store, pool, point in zip(self.stores, self.pools, self.state_points)]
         noise = {"target_loss": float(result.loss),
                  "loss_se": jackknife_loss_error(self.loss_fn, result.weights, values, labels, self.ranks)}
         predictions = reweighted_predictions(result.weights, values, self.grouped, self.point_names, self.ranks)
@@ -442,8 +448,9 @@ class DiffTReTrainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            scale = self._line_search(before, fm, batch, loss["total"]) if cfg.line_search else 1.0
             step = {"norm": float(torch.sqrt(sum(((p.detach() - b).double() ** 2).sum()
-                                                 for p, b in zip(self.params, before))))}
+                                                 for p, b in zip(self.params, before)))), "scale": scale}
         pool_info = self._pool_info(result)
         self.update += 1
         update_s = time.perf_counter() - t0 - sample_s
@@ -470,6 +477,48 @@ class DiffTReTrainer:
         self.last_predictions = predictions
         return record
 
+    def _trial(self, theta: Sequence[torch.Tensor], fm, batch) -> Trial:
+        """The reweighted loss (plus λ·L_FM on this update's minibatch) and the smallest N_eff/N
+        at parameters ``theta``, on the current pools; θ is restored afterwards."""
+        cfg = self.config
+        with parameters_at(self.params, theta):
+            rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size,
+                          ranks=self.ranks)
+            with torch.no_grad():
+                value = float(self.loss_fn(rw.weights, rw.values)[0])
+            if fm is not None:
+                value += cfg.force_matching_weight * float(force_matching_gradient(
+                    self.potential, self.reference_frames, batch, self.params,
+                    energy_weight=cfg.fm_energy_weight, force_weight=cfg.fm_force_weight,
+                    device=self.device, dtype=self.dtype, ranks=self.ranks).loss)
+        return Trial(value, min(n / size for n, size in zip(rw.n_eff, self.sizes)))
+
+    def _line_search(self, before: list[torch.Tensor], fm, batch, total: float) -> float:
+        """Scale the optimiser's step δ = θ − θ_before by the power of 2 in [1/4, line_search_max_scale]
+        whose reweighted loss is lowest among those inside the trust region (N_eff/N ≥
+        lm_min_n_eff_ratio); 0 if none is below the loss at θ_before. Moves θ; returns the factor."""
+        cfg = self.config
+        delta = [p.detach() - b for p, b in zip(self.params, before)]
+        at = {}
+
+        def loss_at(scale: float) -> float:
+            trial = self._trial([b + scale * d for b, d in zip(before, delta)], fm, batch)
+            at[scale] = trial.loss if trial.n_eff_ratio >= cfg.lm_min_n_eff_ratio else math.inf
+            return at[scale]
+
+        scale = 1.0
+        if loss_at(1.0) < total:
+            while 2 * scale <= cfg.line_search_max_scale and loss_at(2 * scale) < at[scale]:
+                scale *= 2
+        else:
+            while scale > 0.25 and loss_at(scale / 2) >= total:
+                scale /= 2
+            scale = scale / 2 if at.get(scale / 2, math.inf) < total else 0.0
+        with torch.no_grad():
+            for p, b, d in zip(self.params, before, delta):
+                p.copy_(b + scale * d)
+        return scale
+
     def _lm_step(self, result, values, labels, grads, fm, batch, total: float) -> dict[str, float]:
         """One Levenberg–Marquardt step (:mod:`difftre_torch.curvature`) from the update's weights:
         the Jacobian of the averages, the Gauss–Newton matrix plus λ times force matching's
@@ -486,18 +535,7 @@ class DiffTReTrainer:
             hessian = hessian + cfg.force_matching_weight * fm.hessian
 
         def trial(delta: torch.Tensor) -> Trial:
-            moved = [p.detach() + d for p, d in zip(self.params, unflat(delta, self.params))]
-            with parameters_at(self.params, moved):
-                rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size,
-                              ranks=self.ranks)
-                with torch.no_grad():
-                    value = float(self.loss_fn(rw.weights, rw.values)[0])
-                if fm is not None:
-                    value += cfg.force_matching_weight * float(force_matching_gradient(
-                        self.potential, self.reference_frames, batch, self.params,
-                        energy_weight=cfg.fm_energy_weight, force_weight=cfg.fm_force_weight,
-                        device=self.device, dtype=self.dtype, ranks=self.ranks).loss)
-            return Trial(value, min(n / size for n, size in zip(rw.n_eff, self.sizes)))
+            return self._trial([p.detach() + d for p, d in zip(self.params, unflat(delta, self.params))], fm, batch)
 
         report = self.lm.propose(total, gradient, hessian, trial)
         with torch.no_grad():

@@ -5,7 +5,10 @@ Run by tests/test_distributed.py: ``python tests/distributed_worker.py OUT`` (on
 Both sample the same replicas (4 per state point, seeds by global replica index), then take the
 DiffTRe gradient at a θ away from the sampling θ̃ (so the weights are not uniform) of an RDF
 target (NVT), a lattice target and a pressure target (NPT; the pressure depends on θ), and the
-force-matching gradient of one minibatch drawn from two systems. Rank 0 writes the numbers to OUT.
+force-matching gradient of one minibatch drawn from two systems. Then two more rounds at moved
+θ fill a pool of three trajectories per state point (MBAR): its free energies, pooled loss,
+N_eff and gradient, the Gauss–Newton residuals and Jacobian, the loss's jackknife noise and force
+matching's Hessian. Rank 0 writes the numbers to OUT.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from ase.build import bulk
 
 from difftre_torch import distributed
+from difftre_torch.convergence import block_labels, jackknife_loss_error
+from difftre_torch.curvature import snapshot_jacobians, target_residuals
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
 from difftre_torch.gradient import difftre_gradient
@@ -64,7 +69,7 @@ def main(out: str) -> None:
     frames = labelled_frames()
     trainer = DiffTReTrainer(potential, atoms, points, targets, sampler=sampler, out_dir="unused",
                              config=TrainerConfig(progress=False, tensorboard=False, chunk_size=5,
-                                                  force_matching_weight=1.0),
+                                                  force_matching_weight=1.0, pool_size=3),
                              reference_frames=frames, ranks=ranks, callbacks=[])
     trainer._sample()
     with torch.no_grad():  # θ ≠ θ̃: non-uniform weights
@@ -74,10 +79,27 @@ def main(out: str) -> None:
                               chunk_fn=trainer.chunk_fn, chunk_size=5, ranks=ranks)
     batch = sample_minibatch(frames, 7, np.random.default_rng(11))
     fm = force_matching_gradient(potential, frames, batch, trainer.params, ranks=ranks)
+    first_local, first_sizes = [len(s) for s in trainer.stores], list(trainer.sizes)
+    for _ in range(2):  # two more trajectories at other θ: a pool of three
+        with torch.no_grad():
+            potential.sigma.add_(0.004)
+        trainer._sample()
+    pooled = difftre_gradient(potential, trainer.stores, trainer.loss_fn, trainer.params,
+                              chunk_fn=trainer.chunk_fn, chunk_size=5, ranks=ranks)
+    values = [{**s.observables, **v} for s, v in zip(trainer.stores, pooled.values)]
+    jacobians = [snapshot_jacobians(potential, s, trainer.chunk_fn, trainer.params, 5) for s in trainer.stores]
+    residuals = target_residuals(trainer.grouped, trainer.point_names, pooled.weights, values, jacobians,
+                                 [s.kT_eV for s in trainer.stores], ranks)
+    labels = [block_labels(s, p.segments, 2, 4) for s, p in zip(trainer.stores, trainer.pools)]
+    noise = jackknife_loss_error(trainer.loss_fn, pooled.weights, values, labels, ranks)
+    fm_curvature = force_matching_gradient(potential, frames, batch, trainer.params, ranks=ranks, curvature=True)
     record = {
+        "pool_f": [p.f for p in trainer.pools], "pool_loss": pooled.loss, "pool_n_eff": pooled.n_eff,
+        "pool_grads": pooled.grads, "pool_sizes": [p.size for p in trainer.pools], "r": residuals.r,
+        "J": residuals.J, "loss_se": noise, "fm_hessian": fm_curvature.hessian,
         "world_size": ranks.world_size,
-        "snapshots": trainer.sizes,
-        "local_snapshots": [len(s) for s in trainer.stores],
+        "snapshots": first_sizes,
+        "local_snapshots": first_local,
         "loss": result.loss, "parts": result.parts, "n_eff": result.n_eff,
         "grads": result.grads, "fm_loss": fm.loss, "fm_parts": fm.parts, "fm_grads": fm.grads,
         "stats": trainer.sample_stats, "bytes_reduced": ranks.bytes_reduced,

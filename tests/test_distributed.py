@@ -119,6 +119,17 @@ def test_two_ranks_give_the_loss_n_eff_and_gradient_of_one_process(tmp_path):
         for point, stats in single["stats"].items():
             assert stats["snapshots"] == record["stats"][point]["snapshots"]
             assert abs(stats["pressure_GPa"] - record["stats"][point]["pressure_GPa"]) < 1e-12
+        # the pool of three trajectories (MBAR), the Gauss-Newton pieces and the noise
+        assert record["pool_sizes"] == single["pool_sizes"] == [72, 72]
+        for got, want in zip(record["pool_f"], single["pool_f"]):
+            assert np.abs(got - want).max() < 1e-8 and np.abs(want).max() > 0, (got, want)
+        assert _relative(record["pool_loss"], single["pool_loss"]) < 1e-7  # pymbar solves to 1e-10
+        assert _relative(record["pool_n_eff"], single["pool_n_eff"]) < 1e-7
+        for got, want in zip(record["pool_grads"], single["pool_grads"]):
+            assert _relative(got, want) < 1e-7, (got, want)
+        assert _relative(record["r"], single["r"]) < 1e-7 and _relative(record["J"], single["J"]) < 1e-7
+        assert _relative(record["loss_se"], single["loss_se"]) < 1e-7 and single["loss_se"] > 0
+        assert _relative(record["fm_hessian"], single["fm_hessian"]) < 1e-12
     assert 0 < single["n_eff"][0] < 24  # θ ≠ θ̃: the weights are not uniform
     assert ranks[0]["bytes_reduced"] > 0 and single["bytes_reduced"] == 0
 

@@ -144,3 +144,26 @@ def test_sigkilled_run_with_a_pool_resumes_bit_for_bit(tmp_path):
     assert float(resumed.potential.sigma.detach()) == float(straight.potential.sigma.detach())
     assert [len(p) for p in resumed.pools] == [len(p) for p in straight.pools]
     assert torch.equal(resumed.stores[0].reference_energies, straight.stores[0].reference_energies)
+
+
+def test_line_search_takes_the_best_scale_of_the_adam_step(tmp_path):
+    t = trainer(tmp_path / "ls", updates=3, sigma=3.1, line_search=True, learning_rate=0.005)
+    for _ in range(3):
+        record = t.step()
+        scale = record.step["scale"]
+        assert scale in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+        before = record.parameters["sigma"]
+        chosen = float(t.potential.sigma.detach())
+        if scale == 0.0:
+            assert chosen == before
+            continue
+        plain = before + (chosen - before) / scale   # where Adam's own step ended
+        losses = {}
+        for name, value in (("chosen", chosen), ("plain", plain)):
+            with torch.no_grad():
+                t.potential.sigma.fill_(value)
+            losses[name] = t.evaluate_targets()[1]["total"]
+        with torch.no_grad():
+            t.potential.sigma.fill_(chosen)
+        assert losses["chosen"] <= losses["plain"] + 1e-15, (scale, losses)
+    assert any(r.step["scale"] > 1 for r in t.history)  # small Adam steps far from the optimum grow
