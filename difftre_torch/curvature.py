@@ -26,6 +26,7 @@ its own units, U in eV, k_B T in eV; r dimensionless.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -208,12 +209,13 @@ class StepReport:
 class LevenbergMarquardt:
     """Damped Gauss–Newton steps with a trust region in N_eff (module docstring).
 
-    damping: μ, kept between updates (÷3 after an accepted step, ×4 after a rejected try).
+    damping: μ, kept between updates (÷3 after an accepted step; raised after a rejected try,
+    :meth:`propose`).
     min_n_eff_ratio: a trial θ whose N_eff/N (N: one trajectory's snapshots) falls below it is
     outside what the samples cover and is rejected. max_tries: tries per update.
     """
 
-    def __init__(self, damping: float = 1e-3, min_n_eff_ratio: float = 0.1, max_tries: int = 8,
+    def __init__(self, damping: float = 1e-3, min_n_eff_ratio: float = 0.1, max_tries: int = 12,
                  min_damping: float = 1e-9, max_damping: float = 1e9) -> None:
         self.damping, self.min_n_eff_ratio, self.max_tries = damping, min_n_eff_ratio, max_tries
         self.min_damping, self.max_damping = min_damping, max_damping
@@ -221,22 +223,36 @@ class LevenbergMarquardt:
     def propose(self, loss: float, gradient: torch.Tensor, hessian: torch.Tensor,
                 trial: Callable[[torch.Tensor], Trial]) -> StepReport:
         """Find an accepted step from θ (loss ``loss``, gradient [P], Hessian [P, P]); ``trial(δ)``
-        evaluates the reweighted loss at θ + δ and restores θ."""
+        evaluates the reweighted loss at θ + δ and restores θ.
+
+        A try that leaves the trust region (N_eff/N = r below ``min_n_eff_ratio``) raises μ,
+        without further trials, until the step is short enough to stay inside if N_eff/N falls as
+        exp(−c|δ|²): |δ| ≤ 0.8 |δ_try| √(ln r_min / ln r); a try whose loss falls less than a
+        quarter of the prediction raises μ fourfold."""
         gain = model_gain(gradient, hessian)
+        damping = self.damping
         for tries in range(1, self.max_tries + 1):
-            step = damped_step(gradient, hessian, self.damping)
+            step = damped_step(gradient, hessian, damping)
             predicted = predicted_change(gradient, hessian, step)
             if not predicted < 0:  # no descent left in the model: a zero step
-                return StepReport(torch.zeros_like(step), self.damping, tries, 0.0, 0.0, 1.0, False, gain)
+                self.damping = damping
+                return StepReport(torch.zeros_like(step), damping, tries, 0.0, 0.0, 1.0, False, gain)
             result = trial(step)
             realised = result.loss - loss
-            covered = result.n_eff_ratio >= self.min_n_eff_ratio
-            if covered and realised <= 0.25 * predicted:
-                report = StepReport(step, self.damping, tries, predicted, realised, result.n_eff_ratio, True, gain)
-                self.damping = max(self.min_damping, self.damping / 3.0)
-                return report
-            self.damping = min(self.max_damping, self.damping * 4.0)
-        return StepReport(torch.zeros_like(gradient), self.damping, self.max_tries, predicted, realised,
+            if result.n_eff_ratio >= self.min_n_eff_ratio and realised <= 0.25 * predicted:
+                self.damping = max(self.min_damping, damping / 3.0)
+                return StepReport(step, damping, tries, predicted, realised, result.n_eff_ratio, True, gain)
+            if result.n_eff_ratio < self.min_n_eff_ratio:
+                ratio = min(max(result.n_eff_ratio, 1e-12), 0.999)
+                goal = 0.8 * float(step.norm()) * math.sqrt(math.log(self.min_n_eff_ratio) / math.log(ratio))
+                damping *= 2.0
+                while damping < self.max_damping and float(damped_step(gradient, hessian, damping).norm()) > goal:
+                    damping *= 2.0
+            else:
+                damping *= 4.0
+            damping = min(self.max_damping, damping)
+        self.damping = damping
+        return StepReport(torch.zeros_like(gradient), damping, self.max_tries, predicted, realised,
                           result.n_eff_ratio, False, gain)
 
     def state_dict(self) -> dict:

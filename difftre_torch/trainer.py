@@ -9,9 +9,15 @@ One update (Thaler & Zavadlav, Nat. Commun. 12, 6884 (2021), doi:10.1038/s41467-
    but U_θ̃ always comes from the trainable potential, so the reweighting stays exact;
 2. reweight to the current θ and take the chunked gradient of the loss
    (:func:`~difftre_torch.gradient.difftre_gradient`); if N_eff/N < ``resample_ratio`` at any
-   state point, sample again at θ and recompute (the step is never taken on stale weights);
+   state point, sample again at θ and recompute (the step is never taken on stale weights).
+   Each state point's trajectories go into a :class:`~difftre_torch.sampling.pool.SnapshotPool`
+   that keeps the last ``pool_size`` of them, reweighted together by MBAR (N: one trajectory's
+   snapshots); with ``pool_size`` 1 it holds the last trajectory only;
 3. add λ · ∇L_FM on a minibatch of labelled reference frames (force matching);
-4. clip, step the optimiser and the learning-rate schedule;
+4. step: Adam (clipped, with its learning-rate schedule, optionally a line search on the
+   reweighted loss) or a Levenberg–Marquardt step from the reweighting Jacobian
+   (:mod:`difftre_torch.curvature`); the loss's jackknife noise is recorded and the fit stops
+   early when the stopping rule holds (:mod:`difftre_torch.convergence`);
 5. hand the update's record to the callbacks (:mod:`difftre_torch.callbacks`; by default
    TensorBoard, target figures, ``train.log``, the tqdm bar and the checkpoint, written
    atomically).
@@ -106,7 +112,7 @@ class TrainerConfig:
                                                                   "or cosine (to lr_min_factor · learning_rate)"})
     lr_decay: float = field(default=0.95, metadata={"doc": "exponential schedule: factor per update"})
     lr_min_factor: float = field(default=0.1, metadata={"doc": "cosine schedule: final rate / learning_rate"})
-    grad_clip_norm: float | None = field(default=None, metadata={"doc": "clip the total gradient norm (null: never)"})
+    grad_clip_norm: float | None = field(default=None, metadata={"doc": "adam: clip the total gradient norm (null: never)"})
     resample_ratio: float = field(default=0.9, metadata={"doc": "sample again when N_eff/N falls below it, in (0, 1]"})
     chunk_size: int = field(default=64, metadata={"doc": "snapshots per chunk of the gradient (bounds memory)"})
     force_matching_weight: float = field(default=0.0, metadata={"doc": "λ of L_FM (eV⁻² Å²: L_FM is an MSE in "
@@ -129,11 +135,12 @@ class TrainerConfig:
         "doc": "adam (first-order steps, learning_rate and its schedule) or levenberg_marquardt (damped "
                "Gauss-Newton steps from the reweighting Jacobian; for models with few parameters)"})
     lm_damping: float = field(default=1e-3, metadata={"doc": "levenberg_marquardt: the first damping mu "
-                                                             "(then /3 after an accepted step, x4 after a rejected one)"})
+                                                             "(then /3 after an accepted step, raised after a "
+                                                             "rejected try)"})
     lm_min_n_eff_ratio: float = field(default=0.1, metadata={
         "doc": "levenberg_marquardt: the trust region; a step whose N_eff/N at the new parameters falls below "
                "it leaves what the samples cover and is shortened, in (0, 1] (N: one trajectory's snapshots)"})
-    lm_max_tries: int = field(default=8, metadata={"doc": "levenberg_marquardt: damped tries per update"})
+    lm_max_tries: int = field(default=12, metadata={"doc": "levenberg_marquardt: damped tries per update"})
     lm_max_parameters: int = field(default=2000, metadata={
         "doc": "levenberg_marquardt: refuse models with more trainable entries (the Jacobian is "
                "snapshots x parameters)"})
@@ -434,7 +441,7 @@ class DiffTReTrainer:
         grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
         if not math.isfinite(grad_norm):
             raise FloatingPointError(f"update {self.update + 1}: the gradient is not finite")
-        if cfg.grad_clip_norm is not None and grad_norm > cfg.grad_clip_norm:
+        if cfg.grad_clip_norm is not None and grad_norm > cfg.grad_clip_norm and not lm:  # LM: g must match H
             grads = [g * (cfg.grad_clip_norm / grad_norm) for g in grads]
         self._remember_if_best(loss["total"], [n / size for size, n in zip(self.sizes, result.n_eff)])
         lr = float(self.optimizer.param_groups[0]["lr"])

@@ -160,10 +160,14 @@ def main() -> None:
                     raise SystemExit(f"{name} failed ({proc.returncode}); see {base / name / 'worker.log'}")
                 print(f"[benchmark] {name}: done", flush=True)
     sections = []
-    for system in args.systems:
-        runs = {v: rows_of(base / system / v) for v in args.variants}
+    for system in args.systems:  # every finished variant of the system, in VARIANTS' order
+        finished = [v for v in VARIANTS if (base / system / v / "done.json").exists()]
+        if "today" not in finished:
+            raise SystemExit(f"{base / system / 'today'}: today's run is needed for the comparison; "
+                             f"run python -m benchmarks.multistate --systems {system} --variants today")
+        runs = {v: rows_of(base / system / v) for v in finished}
         text, notes = table(system, runs)
-        done = {v: json.loads((base / system / v / "done.json").read_text()) for v in args.variants}
+        done = {v: json.loads((base / system / v / "done.json").read_text()) for v in finished}
         errors = [f"{v}: standard errors " + ", ".join(f"{k} {x:.4f}" for k, x in d["parameter_errors"].items())
                   for v, d in done.items() if d["parameter_errors"] and len(d["parameter_errors"]) <= 4]
         sections.append(f"### {SYSTEMS[system][0]}\n\n{text}\n\n" + "".join(f"- {n}\n" for n in notes + errors))
