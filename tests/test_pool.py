@@ -61,7 +61,7 @@ def test_matrix_and_reference_match_a_direct_evaluation():
     potential = make_potential(1.0)
     pool = SnapshotPool(capacity=4)
     fill(pool, potential, [1.0, 1.5, 2.5])
-    assert float(potential.stiffness) == 2.5  # evaluating at old θ restored the current one
+    assert float(potential.stiffness.detach()) == 2.5  # evaluating at old θ restored the current one
     merged = pool.merged
     r2 = merged.positions.pow(2).sum(dim=(-1, -2))
     direct = torch.stack([0.5 * k * r2 for k in (1.0, 1.5, 2.5)])
@@ -160,3 +160,25 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="parameters_at"):
         with parameters_at([torch.nn.Parameter(torch.zeros(2))], [torch.zeros(3)]):
             pass
+
+
+def test_trajectories_that_do_not_overlap_are_dropped():
+    """Springs 1 and 200 eV/Å² share no configurations: MBAR has no solution to its tolerance, so
+    the pool keeps the newest trajectory (whose weight at its own θ is everything anyway)."""
+    potential = HarmonicOscillators(torch.zeros(64, 3, dtype=torch.float64), 1.0)
+
+    def sample(k, seed):
+        with torch.no_grad():
+            potential.stiffness.fill_(k)
+        rng = np.random.default_rng(seed)
+        x = torch.tensor(rng.normal(0.0, math.sqrt(KT / k), size=(40, 64, 3)))
+        cells = torch.eye(3, dtype=torch.float64).repeat(40, 1, 1) * 20.0
+        with torch.no_grad():
+            u = potential(x, cells, torch.ones(64, dtype=torch.long))
+        return SnapshotStore(numbers=torch.ones(64, dtype=torch.long), positions=x, cells=cells,
+                             reference_energies=u, temperature_K=T, replica=torch.zeros(40, dtype=torch.long))
+
+    pool = SnapshotPool(capacity=3)
+    pool.add(sample(1.0, 0), [potential.stiffness], energy_fn_of(potential), 0)
+    dropped = pool.add(sample(200.0, 1), [potential.stiffness], energy_fn_of(potential), 1)
+    assert dropped == [0] and pool.rounds == [1] and len(pool.merged) == 40

@@ -18,6 +18,9 @@ Retention (which trajectories stay when a new one arrives):
   W_k = Σ_{j∈k} w_j (its part of N_eff is W_k·N_eff), is below ``min_share``; then keep at most
   ``capacity``, the most recent.
 
+Either way, when the MBAR equations cannot be solved (trajectories that hardly overlap the rest),
+the oldest trajectories are dropped until they can.
+
 Across ranks each rank holds its replicas' snapshots of every trajectory (the columns of the
 matrix that are its own); the free energies are solved from every rank's columns (gathered),
 so every rank has the same f_k, and N_k are global counts. Units: Å, eV, K.
@@ -129,17 +132,17 @@ class SnapshotPool:
         self.counts.append(count)
         self.rounds.append(round_index)
         self.energies = energies
-        self._solve()
+        dropped += self._solve()
         if self.retention == "share" and self.min_share > 0:
             weights = boltzmann_weights(self.energies[-1], self._reference(), store.kT_eV, self.ranks)
             shares = self.shares(weights)
             low = [k for k in range(len(self) - 1) if shares[k] < self.min_share]
             if low:
                 dropped += self._drop(low)
-                self._solve()
+                dropped += self._solve()
         if len(self) > self.capacity:
             dropped += self._drop(list(range(len(self) - self.capacity)))
-            self._solve()
+            dropped += self._solve()
         self._merged = self._build_merged()
         return dropped
 
@@ -162,12 +165,23 @@ class SnapshotPool:
         self.rounds = [self.rounds[k] for k in keep]
         return rounds
 
-    def _solve(self) -> None:
-        """f_k from every rank's columns of the reduced matrix (the same f on every rank)."""
-        kT = self.trajectories[0].kT_eV
-        local = reduced_matrix(self.energies, kT)
-        columns = self.ranks.gather(local.numpy(), "the pool's energy matrix")
-        self.f = free_energies(np.concatenate(columns, axis=1), self.counts)
+    def _solve(self) -> list[int]:
+        """f_k from every rank's columns of the reduced matrix (the same f on every rank). Where
+        the MBAR equations have no solution to their tolerance (trajectories that hardly overlap,
+        whose weight at the newest θ is nil anyway), the oldest trajectory is dropped and the
+        solve repeated; returns the rounds so dropped."""
+        dropped: list[int] = []
+        while True:
+            kT = self.trajectories[0].kT_eV
+            local = reduced_matrix(self.energies, kT)
+            columns = self.ranks.gather(local.numpy(), "the pool's energy matrix")
+            try:
+                self.f = free_energies(np.concatenate(columns, axis=1), self.counts)
+                return dropped
+            except ArithmeticError:
+                if len(self) == 1:
+                    raise
+                dropped += self._drop([0])
 
     def _reference(self) -> torch.Tensor:
         """Ũ_j [N] float64 eV of this rank's columns (:func:`~difftre_torch.multistate.mixture_reference`)."""
