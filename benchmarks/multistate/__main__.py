@@ -102,7 +102,9 @@ def table(system: str, runs: dict[str, list[dict]]) -> tuple[str, list[str]]:
     lines = ["| variant | updates | samples | MD steps | wall s | target loss at the end ± SE | reached today's "
              "at update | MD steps to it | wall s to it | fewer MD steps than today |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    notes = []
+    first = runs["today"][0]["md_steps"]
+    notes = [f"the first sample (with its equilibration) is {first} of today's {base['md_steps']} MD steps to its "
+             f"final loss: no step rule can take fewer than {first}, at most {base['md_steps'] / first:.2f}× fewer"]
     for name, rows in runs.items():
         last = rows[-1]
         samples = 1 + sum(r["record"]["resampled"] for r in rows)
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="refinements run at once")
     parser.add_argument("--out", default=None, help="the RESULTS.md to write")
     parser.add_argument("--notes", default="", help="a sentence for the notes line")
+    parser.add_argument("--report-only", action="store_true", help="write the table from what --dir holds, "
+                        "starting no refinement")
     args = parser.parse_args()
     if args.mode == "worker":
         worker(args)
@@ -145,7 +149,8 @@ def main() -> None:
     busy = busy_cores()
     t0 = time.perf_counter()
     base = Path(args.dir)
-    jobs = [(s, v) for s in args.systems for v in args.variants if not (base / s / v / "done.json").exists()]
+    jobs = [] if args.report_only else [(s, v) for s in args.systems for v in args.variants
+                                        if not (base / s / v / "done.json").exists()]
     running: list[tuple[subprocess.Popen, str]] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     while jobs or running:
@@ -167,14 +172,17 @@ def main() -> None:
                     raise SystemExit(f"{name} failed ({proc.returncode}); see {base / name / 'worker.log'}")
                 print(f"[benchmark] {name}: done", flush=True)
     sections = []
-    for system in args.systems:  # every finished variant of the system, in VARIANTS' order
-        finished = [v for v in VARIANTS if (base / system / v / "done.json").exists()]
-        if "today" not in finished:
-            raise SystemExit(f"{base / system / 'today'}: today's run is needed for the comparison; "
+    for system in args.systems:  # every variant of the system with rows, in VARIANTS' order
+        finished = [v for v in VARIANTS if (base / system / v / "rows.jsonl").exists()]
+        if not (base / system / "today" / "done.json").exists():
+            raise SystemExit(f"{base / system / 'today'}: today's finished run is needed for the comparison; "
                              f"run python -m benchmarks.multistate --systems {system} --variants today")
         runs = {v: rows_of(base / system / v) for v in finished}
         text, notes = table(system, runs)
-        done = {v: json.loads((base / system / v / "done.json").read_text()) for v in finished}
+        done = {v: json.loads((base / system / v / "done.json").read_text()) for v in finished
+                if (base / system / v / "done.json").exists()}
+        notes += [f"{v}: unfinished, {len(runs[v])} updates when this table was written (resume with the same "
+                  "command)" for v in finished if v not in done]
         errors = [f"{v}: standard errors " + ", ".join(f"{k} {x:.4f}" for k, x in d["parameter_errors"].items())
                   for v, d in done.items() if d["parameter_errors"] and len(d["parameter_errors"]) <= 4]
         sections.append(f"### {SYSTEMS[system][0]}\n\n{text}\n\n" + "".join(f"- {n}\n" for n in notes + errors))
@@ -184,7 +192,7 @@ def main() -> None:
 MD steps to the same loss (`benchmarks/multistate`): today's trainer, the snapshot pool
 (pool_size {args.pool}, MBAR), Levenberg–Marquardt steps, both, and both with trajectories of half
 as many snapshots, each job with its shipped sampler settings (but that), seeds and number of
-updates, the stopping rule off, run side by side in one run. The target loss is the reweighted
+updates, the stopping rule off, side by side in the same folder (`--dir`). The target loss is the reweighted
 loss of the experiment's terms (without force matching) with its jackknife standard error (SE).
 "Reached" is the first update whose target loss is at most the loss today's trainer ends with
 plus the two losses' combined SE (equal within sampling noise). MD steps count every replica of
