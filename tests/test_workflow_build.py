@@ -4,6 +4,8 @@ sampler can start from passes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -86,3 +88,20 @@ def test_cell_without_volume():
     cell[2] = cell[0] + cell[1]
     atoms.set_cell(cell)
     assert "volume of 0 Å³" in refused(atoms)
+
+
+def test_levenberg_marquardt_on_too_many_parameters_stops_before_any_md():
+    """`difftre refine` checks without loading models (load_models=False), but the step rule's size
+    limit needs the model: it is built and the limit checked there, before the first sample."""
+    import difftre_torch
+    from difftre_torch.config import load_job
+    from difftre_torch.workflow.build import check_job
+
+    example = Path(difftre_torch.__file__).parent / "data" / "lj_argon" / "lj_argon.yaml"
+    job = load_job(example, ["trainer.optimizer=levenberg_marquardt", "potential.trainable=[sigma, epsilon]",
+                                "trainer.lm_max_parameters=1"])
+    with pytest.raises(ConfigError, match="trainer.optimizer: levenberg_marquardt needs at most "
+                                          "trainer.lm_max_parameters = 1 trainable entries, the potential has 2"):
+        check_job(job, load_models=False)
+    job = load_job(example, ["trainer.optimizer=levenberg_marquardt"])
+    assert any("1 trainable parameters" in line for line in check_job(job, load_models=False))

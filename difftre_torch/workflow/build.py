@@ -177,6 +177,11 @@ def build_potential(job: JobConfig, atoms: Atoms) -> torch.nn.Module:
         raise ConfigError(f"{job.source}: {exc}") from None
     if not any(p.requires_grad for p in potential.parameters()):
         raise ConfigError(f"{job.source}: potential: nothing to refine (no trainable parameter)")
+    entries = sum(p.numel() for p in potential.parameters() if p.requires_grad)
+    if job.trainer.optimizer == "levenberg_marquardt" and entries > job.trainer.lm_max_parameters:
+        raise ConfigError(f"{job.source}: trainer.optimizer: levenberg_marquardt needs at most "
+                          f"trainer.lm_max_parameters = {job.trainer.lm_max_parameters} trainable entries, the "
+                          f"potential has {entries}; use adam (line_search: true for longer steps)")
     return potential
 
 
@@ -475,7 +480,7 @@ def check_job(job: JobConfig, load_models: bool = True) -> list[str]:
             cell_at_targets(atoms, fit + report, f"{job.source}: state_points[{k}] ({point.name}).cell")
     lines.append(f"  targets: {', '.join(f'{t.name} ({t.observable}, {t.values.shape[0]} values)' for t in fit)}")
     lines.extend(f"  note: {note}" for note in dict.fromkeys(notes))
-    if load_models:
+    if load_models or job.trainer.optimizer == "levenberg_marquardt":  # its size limit, before any MD
         potential = build_potential(job, atoms)
         n = sum(p.numel() for p in potential.parameters() if p.requires_grad)
         lines.append(f"  potential: {job.potential.kind}"
