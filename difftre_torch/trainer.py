@@ -489,16 +489,14 @@ class DiffTReTrainer:
         at parameters ``theta``, on the current pools; θ is restored afterwards."""
         cfg = self.config
         with parameters_at(self.params, theta):
-            rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size,
-                          ranks=self.ranks)
-            with torch.no_grad():
-                value = float(self.loss_fn(rw.weights, rw.values)[0])
+            _, losses, n_eff = self.evaluate_targets()
+            value = losses["total"]
             if fm is not None:
                 value += cfg.force_matching_weight * float(force_matching_gradient(
                     self.potential, self.reference_frames, batch, self.params,
                     energy_weight=cfg.fm_energy_weight, force_weight=cfg.fm_force_weight,
                     device=self.device, dtype=self.dtype, ranks=self.ranks).loss)
-        return Trial(value, min(n / size for n, size in zip(rw.n_eff, self.sizes)))
+        return Trial(value, min(n / size for n, size in zip(n_eff, self.sizes)))
 
     def _line_search(self, before: list[torch.Tensor], fm, batch, total: float) -> float:
         """Scale the optimiser's step δ = θ − θ_before by the power of 2 in [1/4, line_search_max_scale]
