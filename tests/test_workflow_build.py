@@ -105,3 +105,29 @@ def test_levenberg_marquardt_on_too_many_parameters_stops_before_any_md():
         check_job(job, load_models=False)
     job = load_job(example, ["trainer.optimizer=levenberg_marquardt"])
     assert any("1 trainable parameters" in line for line in check_job(job, load_models=False))
+
+
+def _lattice(name: str, value: float, point: str | None, observable: str = "lattice_length"):
+    from difftre_torch.experiment.target import Target
+
+    options = {"axes": "ab", "repeats": [1, 1, 1]} if observable == "lattice_length" else {"layers_per_cell": 2}
+    values = [value, value] if observable == "lattice_length" else [value]
+    return Target(name, observable, np.array(values), state_point=point, options=options)
+
+
+def test_cell_targets_come_from_the_state_point_or_its_temperature():
+    from difftre_torch.config.schema import StatePointEntry
+    from difftre_torch.workflow.build import cell_at_targets, targets_for_cell
+
+    points = [StatePointEntry("T150", 150.0, 1e-4), StatePointEntry("T300", 300.0, 1e-4),
+              StatePointEntry("nvt", 300.0), StatePointEntry("nvt_own", 300.0)]
+    targets = [_lattice("a_150", 7.05, "T150"), _lattice("a_300", 7.00, "T300"),
+               _lattice("d_300", 3.57, "T300", "interlayer_spacing"), _lattice("a_own", 7.10, "nvt_own")]
+    chosen = targets_for_cell(points[2], targets, points)
+    assert [t.name for t in chosen] == ["a_300", "d_300"]   # the experiment at 300 K
+    assert [t.name for t in targets_for_cell(points[3], targets, points)] == ["a_own"]
+    atoms = Atoms("C", cell=[6.0, 6.0, 6.0], pbc=True)
+    cell = cell_at_targets(atoms, chosen, "job.yaml").cell.lengths()
+    assert cell == pytest.approx([7.00, 7.00, 2 * 3.57])
+    with pytest.raises(ConfigError, match="ambiguous: targets 'a_150' and 'a_300'"):
+        cell_at_targets(atoms, targets[:2], "job.yaml: state_points[2] (nvt).cell")

@@ -189,6 +189,53 @@ def test_train_base_quick(tiny_runs, tmp_path):
         train_base.train(train_base.CONFIG, data, run, None, [*train_base.QUICK_OVERRIDES, "seed=5"], 1)
 
 
+def test_init_from_continues_a_model_and_publishes_it_standalone(tiny_runs, tmp_path):
+    pytest.importorskip("nequip")
+    import shutil
+
+    import torch
+
+    from difftre_torch.potentials.nequip_files import load_nequip
+    from recipes.world import train_base
+    from recipes.world.dataset import build
+
+    build(tiny_runs, tmp_path / "ds")
+    common = ["--data", str(tmp_path / "ds"), "--runs", str(tiny_runs), "--quick", "--md-steps", "2", "--quiet"]
+    train_base.main([*common, "--run", str(tmp_path / "first")])
+    first = tmp_path / "first" / "best.ckpt"
+    finetune = str(train_base.CONFIG.with_name("base_model_finetune.yaml"))
+    train_base.main([*common, "--run", str(tmp_path / "second"), "--config", finetune, "--init-from", str(first),
+                     "--publish", "--publish-to", str(tmp_path / "published")])
+    record = json.loads((tmp_path / "second" / "train_base.json").read_text())
+    assert any("ModelFromCheckpoint" in o for o in record["overrides"])
+    frame = next(iter(train_base.heldout_frames(tiny_runs).values()))[0]
+    positions = torch.tensor(frame.positions)[None]
+    cell, numbers = torch.tensor(frame.cell.array)[None], torch.tensor(frame.numbers)
+    run_energy = load_nequip(tmp_path / "second" / "best.ckpt")(positions, cell, numbers)
+    start_energy = load_nequip(first)(positions, cell, numbers)
+    assert not torch.equal(run_energy, start_energy)  # it trained on
+    shutil.move(str(tmp_path / "first"), str(tmp_path / "moved"))  # the start checkpoint is gone
+    published = torch.load(tmp_path / "published" / "base.ckpt", map_location="cpu", weights_only=False)
+    assert published["hyper_parameters"]["model"]["_target_"] == "nequip.model.NequIPGNNModel"
+    assert torch.equal(load_nequip(tmp_path / "published" / "base.ckpt")(positions, cell, numbers), run_energy)
+    with pytest.raises(FileNotFoundError, match="--init-from"):
+        train_base.main([*common, "--run", str(tmp_path / "third"), "--init-from", str(tmp_path / "nothing.ckpt")])
+
+
+def test_heldout_frames_read_the_published_export(tmp_path):
+    from ase import Atoms
+    from ase.io import write
+
+    from recipes.world.train_base import heldout_frames
+
+    write(tmp_path / "big.extxyz", [Atoms("C4", positions=[[0, 0, k] for k in range(4)], cell=[5, 5, 5], pbc=True)] * 2)
+    write(tmp_path / "small.extxyz", [Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]], cell=[5, 5, 5], pbc=True)] * 3)
+    (tmp_path / "heldout.json").write_text(json.dumps({"cells": {"big": {"file": "big.extxyz"},
+                                                                 "small": {"file": "small.extxyz"}}}))
+    frames = heldout_frames(tmp_path)
+    assert list(frames) == ["small", "big"] and [len(v) for v in frames.values()] == [3, 2]
+
+
 def test_resume_point_falls_back_to_the_backup_when_last_is_truncated(tmp_path):
     import torch
 

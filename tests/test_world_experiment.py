@@ -38,7 +38,8 @@ from recipes.world.structures import gc3n4_supercell
 N_FRAMES = 24  # < ExperimentConfig.quick().max_frames: no thinning; 4 blocks of 6, no trimming
 
 
-def write_replica(runs: Path, name: str, seed: int, n_frames: int = N_FRAMES, calculator="reality"):
+def write_replica(runs: Path, name: str, seed: int, n_frames: int = N_FRAMES, calculator="reality",
+                  temperature_K: float = 300.0, pressure_GPa: float = 1e-4):
     """A finished job directory (frames.extxyz without labels, done.json) as run_job writes it."""
     structure = gc3n4_supercell((2, 1, 1))
     rng = np.random.default_rng(seed)
@@ -47,8 +48,8 @@ def write_replica(runs: Path, name: str, seed: int, n_frames: int = N_FRAMES, ca
         scale = np.diag([rng.uniform(0.99, 1.01)] * 2 + [rng.uniform(0.99, 1.01)])
         cell = structure.cell.array @ scale
         frac = structure.get_scaled_positions() + rng.normal(scale=0.08, size=(len(structure), 3)) @ np.linalg.inv(cell)
-        frames.append({"positions": frac @ cell, "cell": cell, "temperature_K": 300.0})
-    md, state = SamplerConfig(timestep_fs=1.0), StatePoint("T300_P1bar", 300.0, pressure_GPa=1e-4)
+        frames.append({"positions": frac @ cell, "cell": cell, "temperature_K": temperature_K})
+    md, state = SamplerConfig(timestep_fs=1.0), StatePoint("T_P", temperature_K, pressure_GPa=pressure_GPa)
     job = MDJob(name=name, calculator=calculator, md=md, state=state, equilibration_steps=0, frames=n_frames,
                 stride=10, seed=seed, labels=False, meta={"cell": "train56"})
     out = runs / name

@@ -26,6 +26,7 @@ QUICK_JOBS = {  # campaign -> --only (one job each)
     "training": "train_train56_T300_d3.2",
     "heldout": "heldout_train56_T300",
     "experiment": "npt300_reality_cell112_s101",
+    "states": "npt300_1GPa_reality_cell112_s141",
 }
 
 
@@ -82,9 +83,11 @@ def test_quick_job_of_each_campaign_finishes(world, campaign):
     assert done["n_frames"] == 2 and done["steps"] == 6
     frames = read(job / "frames.extxyz", index=":")
     assert len(frames) == 2
-    expected_atoms = {"training": 56, "heldout": 56, "experiment": 112}[campaign]
+    expected_atoms = {"training": 56, "heldout": 56, "experiment": 112, "states": 112}[campaign]
     assert all(len(a) == expected_atoms for a in frames)
-    if campaign == "experiment":  # positions and cells only
+    if campaign == "states":
+        assert done["job"]["state"]["pressure_GPa"] == 1.0 and done["job"]["state"]["temperature_K"] == 300.0
+    if campaign in ("experiment", "states"):  # positions and cells only
         assert frames[0].calc is None
         return
     forces = frames[-1].get_forces()
@@ -198,8 +201,11 @@ def test_provenance_lists_every_file_and_pending_sources(world):
     assert listed["heldout/train56.extxyz.gz"]["seeds"] == f"MD {QUICK_JOBS['heldout']}: 3000"
     assert "train_train56_T300_d3.2: " in listed["dataset/train.extxyz.gz"]["seeds"]
     pending = {s["name"] for s in prov["sources"] if s["pending"]}
-    assert pending == {"experiment", "base model", "DeePMD base model"}
+    assert pending == {"experiment", "base model", "DeePMD base model", "experiment at other state points",
+                       "converged base model"}
     section = md.split("## Measured for this project, re-measured")[1]
+    assert "pending: python -m recipes.world.state_points" in section
+    assert "--init-from data/world/base_model/base.ckpt" in md
     assert "pending: python -m recipes.world.experiment" in section
     assert "pending: python -m recipes.world.train_base" in section
     assert "pending: python -m recipes.world.train_deepmd" in section

@@ -285,6 +285,13 @@ def parse_job(data: dict, base_dir: str | Path = ".", source: str = "<dict>") ->
     all_targets = list(dict.fromkeys([t.name for t in targets] + [t.name for t in compare_targets]))
     for k, check in enumerate(report.checks):
         validate_check(check, f"{source}: report.checks[{k}]", all_targets, point_names, sorted(references), set_names)
+        if check.kind == "ceiling_fraction" and evaluation.ceiling is None:
+            raise ConfigError(f"{source}: report.checks[{k}]: ceiling_fraction needs evaluation.ceiling (the pair "
+                              "ceiling it compares the refined model's gain with)")
+        if check.kind in ("binding_depth", "binding_position") and (
+                evaluation.binding is None or not evaluation.binding.references):
+            raise ConfigError(f"{source}: report.checks[{k}]: {check.kind} needs evaluation.binding with "
+                              "references (the JSON holding the reference curve's minimum)")
     return job
 
 

@@ -267,15 +267,18 @@ class EvaluationSection:
 class CheckEntry:
     """One acceptance check of the report (see difftre_torch.workflow.checks for the kinds)."""
 
-    kind: str = doc("r_w_cut, within, errors_better, errors_not_worse, rise_at_most")
-    target: str | None = doc("target name (r_w_cut, within)", default=None)
-    state_point: str | None = doc("state point (r_w_cut, within)", default=None)
-    threshold: float = doc("the bound: fraction for r_w_cut and rise_at_most, the value's unit for within",
-                           default=0.0)
-    reference: str | None = doc("reference name (errors_*, rise_at_most)", default=None)
+    kind: str = doc("r_w_cut, within, predicted, errors_better, errors_not_worse, rise_at_most, "
+                    "ceiling_fraction, binding_depth, binding_position")
+    target: str | None = doc("target name (r_w_cut, within, predicted)", default=None)
+    state_point: str | None = doc("state point (r_w_cut, within, predicted)", default=None)
+    threshold: float = doc("the bound: fraction for r_w_cut, rise_at_most and ceiling_fraction; the value's "
+                           "unit for within; combined standard errors for predicted; meV/atom for "
+                           "binding_depth; Å for binding_position", default=0.0)
+    reference: str | None = doc("reference name (errors_*, rise_at_most, ceiling_fraction; the reference "
+                                "curve for binding_*)", default=None)
     metric: str = doc("error metric (errors_*, rise_at_most)", default="forces_rmse_meV_per_A")
-    sets: list[str] | None = doc("frame sets (errors_*, rise_at_most; null: all)", default=None)
-    min_atoms: int = doc("only sets with more atoms than this (errors_*)", default=0)
+    sets: list[str] | None = doc("frame sets (errors_*, rise_at_most, ceiling_fraction; null: all)", default=None)
+    min_atoms: int = doc("only sets with more atoms than this (errors_*, ceiling_fraction)", default=0)
     intervals_apart: bool = doc("errors_better: the 95 % intervals must not overlap too", default=False)
 
     def __post_init__(self) -> None:
@@ -283,7 +286,8 @@ class CheckEntry:
         if self.kind == "r_w_cut":
             require("threshold", 0 <= self.threshold < 1, "a fraction in [0, 1) (the R_w cut: 1 − refined/base)",
                     self.threshold)
-        elif self.kind in ("within", "rise_at_most"):
+        elif self.kind in ("within", "rise_at_most", "predicted", "binding_depth", "binding_position",
+                           "ceiling_fraction"):
             require("threshold", self.threshold >= 0, "a bound >= 0", self.threshold)
 
 

@@ -357,23 +357,53 @@ def compare_entries(job: JobConfig) -> list[TargetEntry]:
 # ----------------------------------------------------------------------------- cells, samplers
 
 
+LATTICE_OBSERVABLES = ("lattice_length", "interlayer_spacing")
+
+
+def targets_for_cell(point: StatePointEntry, targets: list[Target], points: list[StatePointEntry]) -> list[Target]:
+    """The lattice targets that fix the cell of an NVT ``cell: targets`` state point: those bound
+    to it (``state_point``), else the unbound ones, else those bound to the NPT state points at
+    its temperature (the experiment's cell at that temperature)."""
+    lattice = [t for t in targets if t.observable in LATTICE_OBSERVABLES]
+    own = [t for t in lattice if t.state_point == point.name]
+    if own:
+        return own
+    free = [t for t in lattice if t.state_point is None]
+    if free:
+        return free
+    temperature = {p.name: p.temperature_K for p in points if p.pressure_GPa is not None}
+    return [t for t in lattice if temperature.get(t.state_point) == point.temperature_K]
+
+
 def cell_at_targets(atoms: Atoms, targets: list[Target], where: str) -> Atoms:
     """``atoms`` with its cell scaled (atoms with it) so the lattice targets hold at their
     experimental values: lattice_length targets set their axes (value × repeats), an
-    interlayer_spacing target sets |a₃| = layers_per_cell · d (it wins over a c length)."""
+    interlayer_spacing target sets |a₃| = layers_per_cell · d (it wins over a c length). Two
+    targets asking different lengths of one axis are an error (choose them with
+    :func:`targets_for_cell`)."""
     out = atoms.copy()
     lengths = out.cell.lengths()
     wanted: dict[int, float] = {}
+    source: dict[int, str] = {}
+
+    def want(i: int, value: float, name: str) -> None:
+        if i in wanted and source[i] != name and not np.isclose(wanted[i], value, rtol=1e-9, atol=0.0):
+            raise ConfigError(f"{where}: 'cell: targets' is ambiguous: targets {source[i]!r} and {name!r} ask "
+                              f"|a{i + 1}| = {wanted[i]:.4f} and {value:.4f} Å; bind the lattice targets to "
+                              "their state points (state_point)")
+        wanted[i], source[i] = value, name
+
+    spacing = any(s.observable == "interlayer_spacing" for s in targets)
     for t in targets:
         if t.observable == "lattice_length":
             axes, repeats = t.settings.axes, t.settings.repeats
             for k, axis in enumerate(axes):
                 i = "abc".index(axis)
-                if not (i == 2 and any(s.observable == "interlayer_spacing" for s in targets)):
-                    wanted[i] = float(t.values[k]) * repeats[i]
+                if not (i == 2 and spacing):
+                    want(i, float(t.values[k]) * repeats[i], t.name)
     for t in targets:
         if t.observable == "interlayer_spacing":
-            wanted[2] = int(t.settings.layers_per_cell) * float(t.values[0])
+            want(2, int(t.settings.layers_per_cell) * float(t.values[0]), t.name)
     if not wanted:
         raise ConfigError(f"{where}: 'cell: targets' needs lattice_length or interlayer_spacing targets")
     scale = np.array([wanted.get(i, lengths[i]) / lengths[i] for i in range(3)])
@@ -477,7 +507,8 @@ def check_job(job: JobConfig, load_models: bool = True) -> list[str]:
                            atoms=atoms, notes=notes)
     for k, point in enumerate(job.state_points):
         if point.cell == "targets":
-            cell_at_targets(atoms, fit + report, f"{job.source}: state_points[{k}] ({point.name}).cell")
+            cell_at_targets(atoms, targets_for_cell(point, fit + report, job.state_points),
+                            f"{job.source}: state_points[{k}] ({point.name}).cell")
     lines.append(f"  targets: {', '.join(f'{t.name} ({t.observable}, {t.values.shape[0]} values)' for t in fit)}")
     lines.extend(f"  note: {note}" for note in dict.fromkeys(notes))
     if load_models or job.trainer.optimizer == "levenberg_marquardt":  # its size limit, before any MD

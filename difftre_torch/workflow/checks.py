@@ -10,7 +10,19 @@ Kinds (fields of :class:`~difftre_torch.config.schema.CheckEntry`):
   ``metric`` vs ``reference`` is lower for the refined model (and, with ``intervals_apart``, the
   two 95 % intervals do not overlap); the paired difference on the same frames is reported;
 * ``errors_not_worse``: the same with refined ≤ base;
-* ``rise_at_most``: refined/base − 1 ≤ ``threshold`` on each chosen set.
+* ``rise_at_most``: refined/base − 1 ≤ ``threshold`` on each chosen set;
+* ``predicted``: |⟨O⟩_refined − O_exp| ≤ ``threshold`` · sqrt(σ_model² + σ_exp²) for a scalar
+  ``target`` at ``state_point``: a prediction within its combined standard error (for a state
+  point or target the refinement did not see);
+* ``binding_depth``: the depth of the refined model's interlayer binding minimum
+  (:func:`difftre_torch.analysis.binding.curve_minimum`) within ``threshold`` meV/atom of the
+  ``reference`` curve's (``evaluation.binding.references``);
+* ``binding_position``: the spacing of that minimum within ``threshold`` Å of the reference's;
+* ``ceiling_fraction``: on every frame set (``sets``, more than ``min_atoms`` atoms) that the
+  pair ceiling (``evaluation.ceiling``) reports, the refined model's force-RMSE gain against
+  ``reference`` is at least ``threshold`` of the ceiling's,
+  (F_base − F_refined)/(F_base − F_ceiling) on the ceiling's odd frames, and the paired 95 %
+  interval of refined − base on all frames of the set lies below zero.
 
 A new kind is one function in :data:`CHECKS` plus its validation in :func:`validate_check`.
 """
@@ -32,7 +44,12 @@ def validate_check(check: CheckEntry, where: str, targets: list[str], points: li
     if check.kind not in CHECKS:
         raise ConfigError(f"{where}.kind: unknown check {check.kind!r}{suggest(check.kind, CHECKS)}; "
                           f"expected one of {sorted(CHECKS)}")
-    if check.kind in ("r_w_cut", "within"):
+    if check.kind in ("binding_depth", "binding_position"):
+        if not check.reference:
+            raise ConfigError(f"{where}.reference: {check.kind} needs the name of a reference curve of "
+                              "evaluation.binding.references (for example 'reality')")
+        return
+    if check.kind in ("r_w_cut", "within", "predicted"):
         if check.target not in targets:
             raise ConfigError(f"{where}.target: {check.target!r} is not a target; expected one of {targets}")
         if check.state_point is not None and check.state_point not in points:
@@ -44,7 +61,7 @@ def validate_check(check: CheckEntry, where: str, targets: list[str], points: li
         for s in check.sets or []:
             if s not in sets:
                 raise ConfigError(f"{where}.sets: {s!r} is not a frame set; expected one of {sets}")
-    if check.kind != "within" and check.metric not in _metrics():
+    if check.kind not in ("within", "predicted") and check.metric not in _metrics():
         raise ConfigError(f"{where}.metric: {check.metric!r}{suggest(check.metric, _metrics())}; "
                           f"expected one of {list(_metrics())}")
 
@@ -63,14 +80,14 @@ def _comparison(structure: dict, model: str, check: CheckEntry) -> dict:
     return structure[model][point]["targets"][check.target]
 
 
-def r_w_cut(check: CheckEntry, structure: dict, evaluation: dict) -> dict[str, dict]:
+def r_w_cut(check: CheckEntry, structure: dict, evaluation: dict, **context) -> dict[str, dict]:
     base, refined = (_comparison(structure, m, check)["r_w"] for m in ("base", "refined"))
     cut = 1.0 - refined / base
     return {f"R_w of {check.target} cut by >= {100 * check.threshold:.0f} %": {
         "base": base, "refined": refined, "cut": cut, "holds": bool(cut >= check.threshold)}}
 
 
-def within(check: CheckEntry, structure: dict, evaluation: dict) -> dict[str, dict]:
+def within(check: CheckEntry, structure: dict, evaluation: dict, **context) -> dict[str, dict]:
     t = _comparison(structure, "refined", check)
     value, exp = float(np.mean(t["model"])), float(np.mean(t["experiment"]))
     diff = value - exp
@@ -114,15 +131,15 @@ def _errors(check: CheckEntry, evaluation: dict, strict: bool) -> dict[str, dict
     return out
 
 
-def errors_better(check, structure, evaluation):
+def errors_better(check, structure, evaluation, **context):
     return _errors(check, evaluation, True)
 
 
-def errors_not_worse(check, structure, evaluation):
+def errors_not_worse(check, structure, evaluation, **context):
     return _errors(check, evaluation, False)
 
 
-def rise_at_most(check: CheckEntry, structure: dict, evaluation: dict) -> dict[str, dict]:
+def rise_at_most(check: CheckEntry, structure: dict, evaluation: dict, **context) -> dict[str, dict]:
     out = {}
     for name in _sets(check, evaluation):
         b = evaluation["base"]["sets"][name][f"vs_{check.reference}"][check.metric]["value"]
@@ -132,14 +149,96 @@ def rise_at_most(check: CheckEntry, structure: dict, evaluation: dict) -> dict[s
     return out
 
 
+def predicted(check: CheckEntry, structure: dict, evaluation: dict, **context) -> dict[str, dict]:
+    t = _comparison(structure, "refined", check)
+    if t["x"] is not None:
+        raise KeyError(f"check predicted: target {check.target!r} is a function; expected a scalar target")
+    value, exp = float(np.mean(t["model"])), float(np.mean(t["experiment"]))
+    sigma_model = float(np.mean(t["sigma_model"]))
+    sigma_exp = 0.0 if t["sigma_experiment"] is None else float(np.mean(t["sigma_experiment"]))
+    combined = float(np.hypot(sigma_model, sigma_exp))
+    diff = value - exp
+    where = f" at {check.state_point}" if check.state_point else ""
+    return {f"{check.target}{where} predicted within {check.threshold:g} combined σ": {
+        "refined": value, "experiment": exp, "difference": diff, "sigma_model": sigma_model,
+        "sigma_experiment": sigma_exp, "sigma_combined": combined,
+        "z": diff / combined if combined > 0 else float("inf"),
+        "holds": bool(abs(diff) <= check.threshold * combined)}}
+
+
+def _binding(check: CheckEntry, evaluation: dict, binding_reference: dict | None, key: str,
+             unit: str, label: str) -> dict[str, dict]:
+    minima = (binding_reference or {}).get("minimum", {})
+    if check.reference not in minima:
+        raise KeyError(f"check {check.kind}: no reference curve {check.reference!r} in "
+                       f"evaluation.binding.references (it has {sorted(minima)})")
+    if "binding" not in evaluation.get("refined", {}):
+        raise KeyError(f"check {check.kind}: the refined model has no binding curve (evaluation.binding)")
+    base = evaluation.get("base", {}).get("binding", {}).get("minimum", {}).get(key)
+    refined = evaluation["refined"]["binding"]["minimum"][key]
+    reference = minima[check.reference][key]
+    diff = refined - reference
+    return {f"binding minimum {label} within {check.threshold:g} {unit} of {check.reference}": {
+        "base": base, "refined": refined, "reference": reference, "difference": diff,
+        "holds": bool(abs(diff) <= check.threshold)}}
+
+
+def binding_depth(check: CheckEntry, structure: dict, evaluation: dict, *, binding_reference: dict | None = None,
+                  **context) -> dict[str, dict]:
+    return _binding(check, evaluation, binding_reference, "depth_meV_per_atom", "meV/atom", "depth")
+
+
+def binding_position(check: CheckEntry, structure: dict, evaluation: dict, *,
+                     binding_reference: dict | None = None, **context) -> dict[str, dict]:
+    return _binding(check, evaluation, binding_reference, "spacing_A", "Å", "position")
+
+
+def odd_frame_rmse(per_frame: dict) -> float:
+    """Force RMSE (meV/Å) over the odd frames of a set (the frames the pair ceiling reports on;
+    all frames when the set has one), from its per-frame errors (``per_frame_vs_<ref>``)."""
+    from difftre_torch.evaluation import frame_errors_from_json
+
+    e = frame_errors_from_json(per_frame)
+    index = np.arange(len(e.force_sq))
+    odd = index % 2 == 1 if len(index) > 1 else index >= 0
+    return float(np.sqrt(e.force_sq[odd].sum() / e.force_n[odd].sum()))
+
+
+def ceiling_fraction(check: CheckEntry, structure: dict, evaluation: dict, **context) -> dict[str, dict]:
+    ceiling = evaluation.get("refined", {}).get("pair_ceiling")
+    if not ceiling:
+        raise KeyError("check ceiling_fraction: no pair ceiling was measured (evaluation.ceiling)")
+    out = {}
+    for name in _sets(check, evaluation):
+        if name not in ceiling:
+            continue
+        b, r = evaluation["base"]["sets"][name], evaluation["refined"]["sets"][name]
+        key = f"per_frame_vs_{check.reference}"
+        base_odd, refined_odd = odd_frame_rmse(b[key]), odd_frame_rmse(r[key])
+        gain_ceiling = ceiling[name]["base_forces_rmse_meV_per_A"] - ceiling[name]["ceiling_forces_rmse_meV_per_A"]
+        fraction = (base_odd - refined_odd) / gain_ceiling if gain_ceiling > 0 else float("nan")
+        pair = paired(b, r, check.reference, "forces_rmse_meV_per_A")
+        below = pair is not None and pair["ci"][1] < 0
+        out[f"{name}: force RMSE gain vs {check.reference} >= {100 * check.threshold:.0f} % of the pair "
+            "ceiling's, paired interval below 0"] = {
+            "base": base_odd, "refined": refined_odd, "ceiling": ceiling[name]["ceiling_forces_rmse_meV_per_A"],
+            "ceiling_base": ceiling[name]["base_forces_rmse_meV_per_A"], "fraction": fraction,
+            "paired_difference": pair, "holds": bool(fraction >= check.threshold and below)}
+    return out
+
+
 CHECKS: dict[str, Callable] = {"r_w_cut": r_w_cut, "within": within, "errors_better": errors_better,
-                               "errors_not_worse": errors_not_worse, "rise_at_most": rise_at_most}
+                               "errors_not_worse": errors_not_worse, "rise_at_most": rise_at_most,
+                               "predicted": predicted, "binding_depth": binding_depth,
+                               "binding_position": binding_position, "ceiling_fraction": ceiling_fraction}
 
 
-def measure(checks: list[CheckEntry], structure: dict, evaluation: dict) -> dict[str, dict]:
+def measure(checks: list[CheckEntry], structure: dict, evaluation: dict, *,
+            binding_reference: dict | None = None) -> dict[str, dict]:
     """Every check's entries (name → measured values and ``holds``); needs models "base" and
-    "refined" in ``structure`` and ``evaluation``."""
+    "refined" in ``structure`` and ``evaluation``; ``binding_reference``: the reference curves
+    (``evaluation.binding.references``) for the binding checks."""
     out: dict[str, dict] = {}
     for check in checks:
-        out.update(CHECKS[check.kind](check, structure, evaluation))
+        out.update(CHECKS[check.kind](check, structure, evaluation, binding_reference=binding_reference))
     return out

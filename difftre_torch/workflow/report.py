@@ -15,6 +15,7 @@ import numpy as np
 from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
 from difftre_torch.monitor import save_figure
 from difftre_torch.workflow.checks import measure, paired
+from difftre_torch.workflow.states import figure_states, state_rows, states_table
 
 _LINES, _MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")
 FUNCTIONS = ("rdf", "G", "S", "F")
@@ -345,12 +346,15 @@ def write_report(results: dict, out: Path, job) -> dict:
     evaluation = _models(results.get("evaluate"))
     refine = _models(results.get("refine"))
     can_check = "refined" in structure and "base" in structure
-    checks = measure(job.report.checks, structure, evaluation) if can_check and job.report.checks else {}
+    checks = (measure(job.report.checks, structure, evaluation, binding_reference=results.get("binding_reference"))
+              if can_check and job.report.checks else {})
     table = headline(structure, evaluation, checks)
+    rows = state_rows(structure, job) if structure else []
     figures = {k: v for k, v in {
         "functions": figure_functions(structure, out / "functions.png") if structure else None,
         "scalars": figure_scalars(structure, out / "scalars.png") if structure else None,
         "training": figure_training(refine, out / "training.png"),
+        "state_points": figure_states(rows, out / "state_points.png", style),
         "binding": figure_binding(evaluation, results.get("binding_reference"), out / "binding.png"),
         "errors_vs_size": figure_errors(evaluation, out / "errors_vs_size.png"),
     }.items() if v is not None}
@@ -365,6 +369,7 @@ def write_report(results: dict, out: Path, job) -> dict:
                       for name, comp in structure.items()},
         "evaluation": evaluation,
         "binding_minima": binding,
+        "state_points": rows,
         "refine": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in refine.items()},
         "wall_s": {step: (results.get(step) or {}).get("wall_s") for step in
                    ("structure_base", "refine", "structure_refined", "evaluate")},
@@ -381,6 +386,13 @@ def write_report(results: dict, out: Path, job) -> dict:
                "(block) σ. Functions are computed through the options the experiment file states "
                "(Q range, window, weighting).", ""]
         md += [f"![{k}]({Path(v).name})" for k, v in figures.items() if k in ("functions", "scalars")] + [""]
+    if len({r["point"] for r in rows}) > 1:
+        md += ["## Across state points", "",
+               "Each scalar target at each state point: the models' means ± block standard error, the experiment "
+               "± σ. 'held out' rows are predictions: the refinement never fitted that quantity at that state "
+               "point.", "", *states_table(rows), ""]
+        if "state_points" in figures:
+            md += ["![state points](state_points.png)", ""]
     if refine:
         md += ["## Refinement", "", "![training](training.png)", "",
                "The refined model of each run is the θ its `selected` column names: 'best' is the θ at which "

@@ -32,7 +32,7 @@ from ase import Atoms
 from difftre_torch.config import JobConfig
 from difftre_torch.distributed import SINGLE, Ranks
 from difftre_torch.experiment.target import Target
-from difftre_torch.workflow.build import cell_at_targets, comparable, make_sampler
+from difftre_torch.workflow.build import cell_at_targets, comparable, make_sampler, targets_for_cell
 
 SEED_OFFSETS = {"compare_base": 0, "refine": 1000, "compare_refined": 2000}
 
@@ -48,7 +48,8 @@ def compare_model(job: JobConfig, potential, atoms: Atoms, targets: list[Target]
     for point in [p for p in job.state_points if p.compare]:
         start = atoms
         if point.cell == "targets":
-            start = cell_at_targets(atoms, fit_targets + targets, f"{job.source}: state_points ({point.name})")
+            start = cell_at_targets(atoms, targets_for_cell(point, fit_targets + targets, job.state_points),
+                                    f"{job.source}: state_points ({point.name})")
         mine = comparable(targets, point)
         if not mine:
             continue

@@ -9,6 +9,14 @@
 
 Both return energy (eV), forces (eV/Å) and stress (eV/Å³, ASE sign convention: Voigt order
 xx, yy, zz, yz, xz, xy; positive = tensile).
+
+Speed: CHGNet's ``_compute`` takes the forces and the stress with two ``torch.autograd.grad``
+calls, each with ``create_graph=True`` (what training on forces needs). For MD neither the second
+backward nor the double-backward graph is needed: :func:`one_backward` makes the teacher take
+both gradients in one backward pass without a graph (the same derivatives: equal to CHGNet's own
+to float32 round-off, measured 1.4e-5 eV/Å and 1e-7 eV/Å³ on a rattled 112-atom cell). Measured
+on that cell, one thread on a shared 2-core machine: 2.08 s → 1.04 s per force + stress call.
+``teacher(fast=False)`` gives CHGNet untouched.
 """
 
 from __future__ import annotations
@@ -29,8 +37,45 @@ def _require(module: str, extra: str = "world"):
         ) from exc
 
 
-def teacher(device: str | None = None) -> Calculator:
-    """CHGNet 0.3.0 as an ASE calculator on ``device`` (default: CUDA when present, else CPU)."""
+def one_backward(model) -> None:
+    """Make ``model`` (a CHGNet) take ∂E/∂x and ∂E/∂ε in one backward pass without a graph.
+
+    Its ``_compute`` is wrapped (on this instance only): while it runs, ``torch.autograd.grad``
+    is replaced by a function that, asked for the gradient with respect to the graph's atom
+    positions, computes the positions' and the strains' gradients together and hands the
+    strains' out on the next call; any other call goes to torch unchanged. The original
+    ``torch.autograd.grad`` is restored when ``_compute`` returns or raises. Inference only:
+    the results carry no graph, so a loss on forces cannot be trained through them."""
+    import torch
+
+    compute = model._compute
+    torch_grad = torch.autograd.grad
+
+    def _compute(g, **kwargs):
+        cache: dict = {}
+
+        def grad(outputs, inputs, *args, **options):
+            if inputs is g.atom_positions:
+                strains = [s for s in g.strains if s.requires_grad] if hasattr(g, "strains") else []
+                both = torch_grad(outputs, [*inputs, *strains])
+                cache["strains"] = both[len(inputs):] if len(strains) == len(g.strains) else None
+                return both[: len(inputs)]
+            if getattr(g, "strains", None) is not None and inputs is g.strains and cache.get("strains") is not None:
+                return cache.pop("strains")
+            return torch_grad(outputs, inputs, *args, **options)
+
+        torch.autograd.grad = grad
+        try:
+            return compute(g, **kwargs)
+        finally:
+            torch.autograd.grad = torch_grad
+
+    model._compute = _compute
+
+
+def teacher(device: str | None = None, fast: bool = True) -> Calculator:
+    """CHGNet 0.3.0 as an ASE calculator on ``device`` (default: CUDA when present, else CPU);
+    ``fast``: forces and stress in one backward (:func:`one_backward`)."""
     dyn = _require("chgnet.model.dynamics")
     model_mod = _require("chgnet.model")
     import torch
@@ -38,6 +83,8 @@ def teacher(device: str | None = None) -> Calculator:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its device on load
         model = model_mod.CHGNet.load(model_name="0.3.0", verbose=False, use_device=device)
+        if fast:
+            one_backward(model)
         return dyn.CHGNetCalculator(model=model, use_device=device, on_isolated_atoms="ignore")
 
 

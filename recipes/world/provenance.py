@@ -15,7 +15,10 @@ writes beside its output:
   wall times from ``<runs>/<job>/done.json`` when the runs are here);
 * ``experiment/experiment_summary.json`` — :mod:`recipes.world.experiment` (``experiment/*``);
 * ``base_model/metrics.json`` — :mod:`recipes.world.train_base` ``--publish`` (``base_model/*``;
-  the seed from its nequip config).
+  the seed from its nequip config); ``base_model_converged/metrics.json`` the same for the model
+  trained on from it (its command as train_base recorded it);
+* ``experiment_states/states.json`` — :mod:`recipes.world.state_points` (``experiment_states/*``;
+  the MD seeds and wall times of the ``states`` campaign's replicas).
 
 A file no record claims is listed with command ``NO RECORD`` (tests/test_world_shipped.py then
 fails). A producer whose record is absent is listed as ``pending: <what produces it>``.
@@ -205,12 +208,24 @@ def _repo_relative(path) -> str:
         return Path(path).as_posix()
 
 
-def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source:
-    src = Source("base model", "base_model/metrics.json")
+def base_model_source(data: Path, files: list[str], runs: Path | None, folder: str = "base_model",
+                      name: str = "base model") -> Source:
+    src = Source(name, f"{folder}/metrics.json")
     rec = _load(data / src.record)
     if rec is None:
         src.pending = ("python -m recipes.world.train_base --publish after the training set "
                        "(data/world/dataset) exists")
+        if folder != "base_model":
+            src.pending = ("python -m recipes.world.train_base --config recipes/world/base_model_finetune.yaml "
+                           f"--init-from data/world/base_model/base.ckpt --publish --publish-to data/world/{folder}")
+        return src
+    src.files = _under(files, folder)
+    if rec.get("command"):  # recorded by train_base itself
+        src.command = rec["command"]
+        src.seeds = "nequip seed of base_model.yaml; continued from the checkpoint named by --init-from"
+        src.wall_s = (rec.get("training") or {}).get("wall_s")
+        src.notes.append("wall time = nequip-train of this run (all launches), not of the run it continued; "
+                         "evaluation not included")
         return src
     run_dir = Path(rec["checkpoint"]).parent
     launch = _load(run_dir / "train_base.json") or {}
@@ -226,7 +241,6 @@ def base_model_source(data: Path, files: list[str], runs: Path | None) -> Source
     src.wall_s = (rec.get("training") or {}).get("wall_s")
     src.notes.append("wall time = nequip-train (all launches; a launch killed without a record is "
                      "bounded by the next launch's start); evaluation not included")
-    src.files = _under(files, "base_model")
     return src
 
 
@@ -246,8 +260,30 @@ def deepmd_model_source(data: Path, files: list[str], runs: Path | None) -> Sour
     return src
 
 
+def converged_base_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    return base_model_source(data, files, runs, "base_model_converged", "converged base model")
+
+
+def states_source(data: Path, files: list[str], runs: Path | None) -> Source:
+    src = Source("experiment at other state points", "experiment_states/states.json")
+    rec = _load(data / src.record)
+    if rec is None:
+        src.pending = ("python -m recipes.world.state_points --runs <runs> after the `states` campaign's "
+                       "replicas finish")
+        return src
+    jobs = [j for e in rec["state_points"].values() if not Path(e["dir"]).is_absolute()
+            and not e["dir"].startswith("data/") for j in e["replicas"]]
+    src.command = rec["command"]
+    md_seeds, _, src.per_job_seeds = _md_seeds([Path(rec["runs"]), runs], jobs)
+    src.seeds = f"MD {md_seeds}"
+    src.wall_s = rec.get("md_and_analysis_wall_s")
+    src.notes.append("wall time = NPT MD of the replicas + analysis")
+    src.files = _under(files, "experiment_states")
+    return src
+
+
 PRODUCERS = (relax_source, binding_source, heldout_source, dataset_source, experiment_source,
-             base_model_source, deepmd_model_source)
+             base_model_source, deepmd_model_source, states_source, converged_base_source)
 
 
 # --------------------------------------------------------------------------- re-measured numbers
@@ -337,6 +373,24 @@ def measured(data: Path) -> list[tuple[str, str, str, str]]:
                  f"{_metric(metrics['test']['energy_rmse_meV_per_atom'], 2)}, "
                  f"{_metric(metrics['test']['forces_rmse_meV_per_A'], 1)}" if metrics else
                  "pending: python -m recipes.world.train_base --publish", "base_model/metrics.json"))
+    for folder, who in (("base_model", "base model"), ("base_model_converged", "converged base model")):
+        m = _load(data / f"{folder}/metrics.json")
+        rows.append((f"{who} force RMSE vs teacher on the 300 K held-out frames (meV/Å), per cell", "—",
+                     ", ".join(f"{cell} {_metric(e['vs_teacher']['forces_rmse_meV_per_A'], 1)}"
+                               for cell, e in m.get("heldout", {}).items() if "vs_teacher" in e)
+                     if m and m.get("heldout") else f"pending: python -m recipes.world.train_base (→ {folder})",
+                     f"{folder}/metrics.json"))
+    states = _load(data / "experiment_states/states.json")
+    for tag, e in (states or {}).get("state_points", {}).items():
+        role = " (held out of the refinements)" if e.get("held_out") else ""
+        rows.append((f"reality NPT a, interlayer spacing (Å) at {e['temperature_K']:g} K, "
+                     f"{e['pressure_GPa']:g} GPa{role}", "—",
+                     f"{_with_error(e['lattice'], 'a_A')}, {_with_error(e['lattice'], 'spacing_A')}",
+                     "experiment_states/states.json"))
+    if not states:
+        rows.append(("reality NPT lattice at 150, 375, 450 K (1 bar) and 300 K (1 GPa)", "—",
+                     "pending: python -m recipes.world.state_points (states campaign)",
+                     "experiment_states/states.json"))
     deepmd = _load(data / "deepmd_model/metrics.json")
     rows.append(("DeePMD base model test split (dp --pt test, per system): E RMSE (meV/atom), F RMSE (meV/Å)",
                  "—", "; ".join(f"{t['system'].rsplit('/', 1)[-1]} ({t['frames']} frames) "

@@ -22,7 +22,12 @@
 
 Writes ``<run>/metrics.json`` and ``<run>/metrics.md``; ``--publish`` copies the evaluated
 checkpoint and both files to ``--publish-to`` (default ``data/world/base_model/``, the checkpoint
-as ``base.ckpt``). ``--quick``: a tiny model (4 features, 2 layers), one epoch, a few MD steps —
+as ``base.ckpt``).
+
+Continued training: ``--init-from CKPT`` (with ``--config base_model_finetune.yaml``) starts from
+that checkpoint's EMA weights with a fresh optimizer and the config's schedule (nequip's
+``ModelFromCheckpoint``); the published checkpoint has its model config resolved back to the
+builder config (:func:`write_standalone`), so it loads without the checkpoint it started from. ``--quick``: a tiny model (4 features, 2 layers), one epoch, a few MD steps —
 for the tests.
 """
 
@@ -42,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difftre_torch.checkpoint import atomic_write_json, atomic_write_text
+from difftre_torch.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text
 
 CONFIG = Path(__file__).with_name("base_model.yaml")
 QUICK_OVERRIDES = (
@@ -101,6 +106,47 @@ def resume_point(run_dir: Path, log=print) -> Path | None:
             os.replace(tmp, backup)
             return last
     return backup if backup.exists() else None
+
+
+def init_overrides(checkpoint: Path) -> list[str]:
+    """Hydra overrides that replace the config's model by nequip's ModelFromCheckpoint of
+    ``checkpoint`` (absolute path: nequip-train runs in the run directory)."""
+    checkpoint = checkpoint.resolve()
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"--init-from {checkpoint}: no such checkpoint")
+    return ["~training_module.model",
+            f"+training_module.model={{_target_:nequip.model.ModelFromCheckpoint,checkpoint_path:'{checkpoint}'}}"]
+
+
+def resolved_model_config(config: dict) -> dict:
+    """The model's builder config with every ``ModelFromCheckpoint`` node replaced by the builder
+    config of the checkpoint it names (followed recursively): what the model *is*, without the
+    file it was initialised from."""
+    import torch
+
+    while str(config.get("_target_", "")).endswith("ModelFromCheckpoint"):
+        parent = torch.load(config["checkpoint_path"], map_location="cpu", weights_only=False)
+        config = parent["hyper_parameters"]["model"]
+    return dict(config)
+
+
+def write_standalone(checkpoint: Path, target: Path) -> Path:
+    """Copy ``checkpoint`` to ``target`` (atomically) with its model config resolved
+    (:func:`resolved_model_config`), so that it loads without the checkpoint a fine-tuning run
+    started from; weights, EMA and everything else are unchanged."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    hyper = ckpt["hyper_parameters"]
+    model = resolved_model_config(hyper["model"])
+    if model != hyper["model"]:
+        hyper["model"] = model
+        hyper["info_dict"]["training_module"]["model"] = model
+        atomic_torch_save(ckpt, target)
+    else:
+        shutil.copyfile(checkpoint, target.with_name(target.name + ".tmp"))
+        target.with_name(target.name + ".tmp").replace(target)
+    return target
 
 
 def train(config: Path, data_dir: Path, run_dir: Path, max_epochs: int | None,
@@ -228,10 +274,18 @@ def errors(potential, frames, source: str = "label") -> dict:
 
 
 def heldout_frames(runs: Path) -> dict[str, list]:
-    """Frames of every finished held-out job under ``runs``, by cell name (from the job's info)."""
+    """Held-out frames by cell name: the published export (``runs`` holds the ``heldout.json``
+    of :mod:`recipes.world.heldout`, e.g. data/world/heldout), or every finished held-out job
+    under the campaign folder ``runs`` (cell name from the job's info)."""
     from ase.io import read
 
     out: dict[str, list] = {}
+    index = Path(runs) / "heldout.json"
+    if index.exists():
+        cells = json.loads(index.read_text())["cells"]
+        for cell, entry in cells.items():
+            out[cell] = read(Path(runs) / entry["file"], index=":")
+        return dict(sorted(out.items(), key=lambda kv: len(kv[1][0])))
     for job in sorted(Path(runs).glob("heldout_*")):
         if (job / "done.json").exists() and (job / "frames.extxyz").exists():
             frames = read(job / "frames.extxyz", index=":")
@@ -379,13 +433,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/world/dataset", help="output of recipes.world.dataset")
     parser.add_argument("--run", default="runs/base_model", help="nequip-train output directory")
-    parser.add_argument("--runs", default="runs/world", help="world campaigns (for heldout_* jobs)")
+    parser.add_argument("--runs", default="runs/world",
+                        help="held-out frames: the world campaigns (heldout_* jobs) or the published "
+                             "export (data/world/heldout)")
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--max-epochs", type=int, default=None, help="default: 500, or the run's")
     parser.add_argument("--threads", type=int, default=1, help="torch/OMP threads (0: leave as is)")
     parser.add_argument("--md-steps", type=int, default=100)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for nequip-train (repeatable)")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="start from this checkpoint's (EMA) weights with a fresh optimizer "
+                             "(nequip's ModelFromCheckpoint; use with --config base_model_finetune.yaml)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 epoch, few MD steps")
     parser.add_argument("--evaluate-only", action="store_true", help="skip training")
     parser.add_argument("--publish", action="store_true", help="copy the model to --publish-to")
@@ -394,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data_dir, run_dir = Path(args.data).resolve(), Path(args.run).resolve()
     overrides = list(args.set)
+    if args.init_from:
+        overrides = [*init_overrides(Path(args.init_from)), *overrides]
     max_epochs, md_steps = args.max_epochs, args.md_steps
     if args.quick:
         overrides = [*QUICK_OVERRIDES, *overrides]
@@ -412,6 +473,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"no best.ckpt or last.ckpt in {run_dir}")
     metrics = evaluate_run(checkpoint, data_dir, Path(args.runs), md_steps, threads)
     metrics["dataset"] = str(data_dir)
+    if args.init_from:  # the provenance of a continued run is its own command line
+        metrics["command"] = " ".join(["python -m recipes.world.train_base",
+                                       *(sys.argv[1:] if argv is None else argv)])
     metrics["training"] = _training_summary(run_dir, record)
     atomic_write_json(run_dir / "metrics.json", metrics)
     table = markdown(metrics)
@@ -421,8 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.publish:
         target = Path(args.publish_to)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(checkpoint, target / "base.ckpt.tmp")
-        (target / "base.ckpt.tmp").replace(target / "base.ckpt")
+        write_standalone(checkpoint, target / "base.ckpt")
         shutil.copyfile(run_dir / "metrics.json", target / "metrics.json")
         shutil.copyfile(run_dir / "metrics.md", target / "metrics.md")
         print(f"[train_base] published {checkpoint} -> {target / 'base.ckpt'}", flush=True)

@@ -11,6 +11,11 @@ Campaigns (all start from the relaxed 28-atom cells in ``data/world/structures``
   100–1000 K, at the teacher's own cell and at cells strained to interlayer spacings
   3.2–3.8 Å (each with a random in-plane strain of ±1.5 %), plus the carbon-vacancy cell;
   one labelled frame every 20 fs after 200 fs of equilibration.
+* ``states``: reality NPT on the 112-atom cell at the experiment's other state points
+  (:data:`STATE_POINTS`: 150, 375 and 450 K at 1 bar, 300 K at 1 GPa), two replicas each,
+  1.5 ps equilibration, then one frame every 10 fs (2.5 ps; 4 ps at 450 K, whose total G(r) is
+  published too). Jobs are ordered replica-major, so every state point has one replica before
+  any has two.
 * ``heldout``: reality NVT at reality's relaxed cell on the 56-, 112-, 252- and 448-atom cells
   at 300 K; labelled frames (reality and, from the same evaluation, the teacher's labels) for
   evaluation only.
@@ -66,6 +71,33 @@ def experiment_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
     return jobs
 
 
+# (temperature K, pressure GPa, production frames): the state points beside 300 K, 1 bar
+STATE_POINTS = ((150.0, ONE_BAR_GPA, 250), (450.0, ONE_BAR_GPA, 400), (375.0, ONE_BAR_GPA, 250),
+                (300.0, 1.0, 250))
+STATE_SEEDS = (111, 112)
+
+
+def state_job_name(temperature_K: float, pressure_GPa: float, calculator: str, seed: int | str) -> str:
+    """``npt<T>_reality_cell112_s<seed>`` at 1 bar, ``npt<T>_<P>GPa_...`` otherwise (seed "*": a glob)."""
+    tag = "" if pressure_GPa <= 2 * ONE_BAR_GPA else f"_{pressure_GPa:g}GPa"
+    return f"npt{temperature_K:.0f}{tag}_{calculator}_cell112_s{seed}"
+
+
+def state_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
+    md = SamplerConfig(timestep_fs=1.0, friction_per_fs=0.01, barostat_tau_fs=500.0)
+    cell = make_cell(relaxed_unit("reality", structures), "cell112")
+    jobs = []
+    for seed in STATE_SEEDS:
+        for k, (T, P, frames) in enumerate(STATE_POINTS):
+            tag = f"T{T:.0f}_P1bar" if P <= 2 * ONE_BAR_GPA else f"T{T:.0f}_P{P:g}GPa"
+            job = MDJob(name=state_job_name(T, P, "reality", seed + 10 * k), calculator="reality", md=md,
+                        state=StatePoint(tag, T, pressure_GPa=P), equilibration_steps=1500,
+                        frames=frames, stride=10, seed=seed + 10 * k, labels=False,
+                        meta={"cell": "cell112"})
+            jobs.append((job, cell))
+    return jobs
+
+
 def training_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
     unit = relaxed_unit("teacher", structures)
     rng = np.random.default_rng(7)
@@ -103,7 +135,7 @@ def heldout_jobs(structures: Path = STRUCTURES) -> list[tuple[MDJob, Atoms]]:
     return jobs
 
 
-CAMPAIGNS = {"experiment": experiment_jobs, "training": training_jobs, "heldout": heldout_jobs}
+CAMPAIGNS = {"experiment": experiment_jobs, "states": state_jobs, "training": training_jobs, "heldout": heldout_jobs}
 
 
 def main(argv: list[str] | None = None) -> None:
