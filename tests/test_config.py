@@ -253,6 +253,18 @@ def _check(**fields) -> Callable:
     return mutate
 
 
+def _measured_at(temperature_K: float, pressure_GPa: float | None = None, bind: str | None = None) -> Callable:
+    """The lattice file (and the .gr header) stating another state than the job's 300 K, 1 bar."""
+    def mutate(config: dict, folder: Path) -> None:
+        stated = {"a_A": LATTICE_A, "a_err_A": 0.01, "temperature_K": temperature_K}
+        if pressure_GPa is not None:
+            stated["pressure_GPa"] = pressure_GPa
+        (folder / "lattice.json").write_text(json.dumps(stated))
+        if bind is not None:
+            config["targets"][1]["state_point"] = bind
+    return mutate
+
+
 def _gr_of_another_sample(config: dict, folder: Path) -> None:
     """G.gr rewritten with the header of a silica sample (the structure is NaCl)."""
     from difftre_torch.experiment.readers import read_experiment
@@ -403,6 +415,11 @@ CASES: list[tuple[str, Callable, tuple[str, ...], tuple[str, ...]]] = [
                                                                     "spacings_A": [3.0], "layers": 0}),
      ("evaluation.binding.layers", ">= 1"), ()),
     ("R_w cut of 100 %", _check(threshold=1.0), ("report.checks[0].threshold", "[0, 1)"), ()),
+    ("lattice file of another temperature", _measured_at(450.0),
+     ("targets[1] (a).state_point", "lattice.json states temperature 450 K", "'npt' is at 300 K",
+      "bind it to the state point"), ()),
+    ("lattice file of another pressure", _measured_at(300.0, 1.0, bind="npt"),
+     ("targets[1] (a).state_point", "states pressure 1 GPa", "'npt' is at 0.0001 GPa"), ()),
     ("ceiling check without a ceiling", _check(kind="ceiling_fraction", reference="dft", threshold=0.6),
      ("report.checks[0]", "ceiling_fraction needs evaluation.ceiling"), ()),
     ("binding check without a reference curve", _check(kind="binding_depth", reference="reality", threshold=3.0),

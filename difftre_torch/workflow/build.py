@@ -217,11 +217,35 @@ def build_sampling_potential(job: JobConfig, potential, atoms: Atoms, out_dir: P
 # ----------------------------------------------------------------------------- targets
 
 
+def check_state(job: JobConfig, entry: TargetEntry, path: Path, where: str, temperature_K: float | None,
+                pressure_GPa: float | None) -> None:
+    """A ConfigError when the file states the temperature (K) or pressure (GPa) it was measured
+    at and a state point the target refers to (its ``state_point``, or every one when it names
+    none) is at another: a file of one state point fitted at another. Tolerances: 1 K; for the
+    pressure 0.01 GPa (1 bar and 1 GPa differ; NVT points are not checked)."""
+    points = [p for p in job.state_points if entry.state_point in (None, p.name)]
+    for p in points:
+        if temperature_K is not None and abs(p.temperature_K - temperature_K) > 1.0:
+            hint = ("bind it to the state point it was measured at (state_point)" if entry.state_point is None
+                    else "the file of that state point, or state_point naming the one it was measured at")
+            raise ConfigError(f"{where}.state_point: {path} states temperature {temperature_K:g} K but state "
+                              f"point {p.name!r} is at {p.temperature_K:g} K; expected {hint}")
+        if pressure_GPa is not None and p.pressure_GPa is not None and abs(p.pressure_GPa - pressure_GPa) > 0.01:
+            raise ConfigError(f"{where}.state_point: {path} states pressure {pressure_GPa:g} GPa but state point "
+                              f"{p.name!r} is at {p.pressure_GPa:g} GPa; expected the file of that state point")
+
+
+def _stated(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _json_target(job: JobConfig, entry: TargetEntry, path: Path, where: str) -> Target:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}.file: {path} is not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        check_state(job, entry, path, where, _stated(data.get("temperature_K")), _stated(data.get("pressure_GPa")))
     if entry.value_key is None:
         raise ConfigError(f"{where}.value_key: a JSON file needs the key of the value")
     values = []
@@ -264,6 +288,7 @@ def build_target(job: JobConfig, entry: TargetEntry, where: str) -> Target:
             if path.suffix == ".json":
                 return _json_target(job, entry, path, where)
             data = read_experiment(path, function=entry.function)
+            check_state(job, entry, path, where, _stated(data.metadata.get("temperature_K")), None)
             if entry.x_range is not None:  # crop first: points outside the range never reach the options check
                 lo, hi = entry.x_range
                 inside = int(((data.x >= lo) & (data.x <= hi)).sum())
