@@ -18,7 +18,7 @@ def test_measure_lane_order_and_skips(tmp_path):
     assert labels[:2] == ["experiment npt300_reality_cell112_s101", "experiment npt300_reality_cell112_s102"]
     assert labels[2:6] == ["publish experiment", "held-out campaign", "export held-out", "provenance"]
     assert labels[6] == "experiment npt300_teacher_cell112_s201"  # teacher before the third replica
-    assert labels[-2:] == ["publish experiment", "provenance"]
+    assert labels[-5:] == ["publish experiment", "provenance", "states campaign", "publish state points", "provenance"]
     commands = [command for label, command, _ in lanes.measure_lane(runs, data) if label == "publish experiment"]
     assert all(command[command.index("--held-out") + 1] == "new" for command in commands)
     exp = [j.name for j, _ in experiment_jobs()]
@@ -27,6 +27,27 @@ def test_measure_lane_order_and_skips(tmp_path):
     assert skipped == labels[:2]
     _finish(runs, [j.name for j, _ in heldout_jobs()])
     assert "held-out campaign" in [label for label, _, skip in lanes.measure_lane(runs, data) if skip()]
+
+
+def test_measure_lane_skips_what_is_published_when_the_runs_are_gone(tmp_path):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    exp = [j.name for j, _ in experiment_jobs()]
+    (data / "experiment").mkdir(parents=True)
+    summary = {"replicas": [{"job": n} for n in exp if "_reality_" in n],
+               "teacher_vs_reality": {"job": next(n for n in exp if "_teacher_" in n)}}
+    (data / "experiment" / "experiment_summary.json").write_text(json.dumps(summary))
+    (data / "heldout").mkdir()
+    (data / "heldout" / "heldout.json").write_text("{}")
+    skipped = {label for label, _, skip in lanes.measure_lane(runs, data) if skip()}
+    assert {f"experiment {n}" for n in exp} | {"held-out campaign", "export held-out", "publish experiment"} <= skipped
+    assert "states campaign" not in skipped and "publish state points" not in skipped
+    index = data / "experiment_states" / "states.json"
+    index.parent.mkdir()
+    index.write_text(json.dumps({"state_points": {}, "pending": {"T150_P1bar": "1 of 2"}}))
+    assert "publish state points" not in {label for label, _, skip in lanes.measure_lane(runs, data) if skip()}
+    index.write_text(json.dumps({"state_points": {}, "pending": {}}))
+    skipped = {label for label, _, skip in lanes.measure_lane(runs, data) if skip()}
+    assert {"states campaign", "publish state points"} <= skipped
 
 
 def test_measure_lane_publishes_again_when_replicas_finish(tmp_path):
@@ -52,10 +73,20 @@ def test_measure_lane_publishes_again_when_replicas_finish(tmp_path):
 def test_model_lane_skips_finished_stages_and_passes_epochs(tmp_path, capsys):
     runs, data = tmp_path / "runs", tmp_path / "data"
     stages = lanes.model_lane(runs, data, tmp_path / "base", max_epochs=7)
-    assert [label for label, _, _ in stages] == ["training campaign", "separation frames", "dataset", "base model"]
+    assert [label for label, _, _ in stages] == ["training campaign", "separation frames", "dataset", "base model",
+                                                 "converged base model"]
     assert stages[3][1][-2:] == ["--max-epochs", "7"]
+    converged = stages[4][1]
+    assert converged[converged.index("--init-from") + 1] == str(data / "base_model" / "base.ckpt")
+    assert converged[converged.index("--publish-to") + 1] == str(data / "base_model_converged")
+    assert converged[converged.index("--config") + 1].endswith("base_model_finetune.yaml")
     _finish(runs, [j.name for j, _ in training_jobs()])
-    assert [skip() for _, _, skip in lanes.model_lane(runs, data, tmp_path / "base")] == [True, False, False, False]
+    assert [skip() for _, _, skip in lanes.model_lane(runs, data, tmp_path / "base")] == [True, False, False, False,
+                                                                                        False]
     assert lanes.main(["model", "--runs", str(runs), "--data", str(data), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "training campaign: complete, skipped" in out and "dataset: -m recipes.world.dataset" in out
+    (data / "dataset").mkdir(parents=True)
+    (data / "dataset" / "dataset.json").write_text("{}")
+    fresh = tmp_path / "gone"  # the training runs are gone, the dataset is published
+    assert [skip() for _, _, skip in lanes.model_lane(fresh, data, tmp_path / "base")][:3] == [True, True, True]
