@@ -261,3 +261,14 @@ def test_launch_walls_bound_a_killed_launch_by_the_next_start():
                {"start": "2026-01-01T11:00:00"}]  # killed, nothing after it to bound it
     assert launch_walls(history) == {"wall_s": 2400.0, "wall_s_recorded": 600.0, "launches_unrecorded": 2}
     assert launch_walls([]) == {"wall_s": 0.0, "wall_s_recorded": 0.0, "launches_unrecorded": 0}
+
+
+def test_init_overrides_name_the_checkpoint_and_the_compile_mode(tmp_path):
+    from recipes.world.train_base import init_overrides
+
+    (tmp_path / "a.ckpt").write_bytes(b"x")
+    delete, add = init_overrides(tmp_path / "a.ckpt", "compile")
+    assert delete == "~training_module.model"
+    assert add == ("+training_module.model={_target_:nequip.model.ModelFromCheckpoint,"
+                   f"checkpoint_path:'{(tmp_path / 'a.ckpt').resolve()}',compile_mode:compile}}")
+    assert init_overrides(tmp_path / "a.ckpt")[1].endswith("compile_mode:eager}")

@@ -64,7 +64,7 @@ def model_lane(runs: Path, data: Path, base_run: Path, max_epochs: int | None = 
         ("converged base model",
          _python("recipes.world.train_base", "--config", str(Path(__file__).with_name("base_model_finetune.yaml")),
                  "--init-from", str(data / "base_model" / "base.ckpt"), "--data", str(data / "dataset"),
-                 "--run", str(converged), "--runs", str(data / "heldout"), "--publish", "--publish-to",
+                 "--run", str(converged), "--runs", str(data / "heldout"), "--compile", "--publish", "--publish-to",
                  str(data / "base_model_converged")),
          lambda: (data / "base_model_converged" / "base.ckpt").exists()),
     ]

@@ -108,14 +108,16 @@ def resume_point(run_dir: Path, log=print) -> Path | None:
     return backup if backup.exists() else None
 
 
-def init_overrides(checkpoint: Path) -> list[str]:
+def init_overrides(checkpoint: Path, compile_mode: str = "eager") -> list[str]:
     """Hydra overrides that replace the config's model by nequip's ModelFromCheckpoint of
-    ``checkpoint`` (absolute path: nequip-train runs in the run directory)."""
+    ``checkpoint`` (absolute path: nequip-train runs in the run directory), built in
+    ``compile_mode`` ("eager" or "compile": torch.compile'd for training)."""
     checkpoint = checkpoint.resolve()
     if not checkpoint.exists():
         raise FileNotFoundError(f"--init-from {checkpoint}: no such checkpoint")
     return ["~training_module.model",
-            f"+training_module.model={{_target_:nequip.model.ModelFromCheckpoint,checkpoint_path:'{checkpoint}'}}"]
+            f"+training_module.model={{_target_:nequip.model.ModelFromCheckpoint,checkpoint_path:'{checkpoint}',"
+            f"compile_mode:{compile_mode}}}"]
 
 
 def resolved_model_config(config: dict) -> dict:
@@ -445,6 +447,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="start from this checkpoint's (EMA) weights with a fresh optimizer "
                              "(nequip's ModelFromCheckpoint; use with --config base_model_finetune.yaml)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train the torch.compile'd model (nequip's compile_mode: compile): measured "
+                             "1.9x faster per frame on one CPU thread after ~6 min of compilation per launch")
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 epoch, few MD steps")
     parser.add_argument("--evaluate-only", action="store_true", help="skip training")
     parser.add_argument("--publish", action="store_true", help="copy the model to --publish-to")
@@ -453,8 +458,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data_dir, run_dir = Path(args.data).resolve(), Path(args.run).resolve()
     overrides = list(args.set)
+    mode = "compile" if args.compile else "eager"
     if args.init_from:
-        overrides = [*init_overrides(Path(args.init_from)), *overrides]
+        overrides = [*init_overrides(Path(args.init_from), mode), *overrides]
+    elif args.compile:
+        overrides = ["++training_module.model.compile_mode=compile", *overrides]
     max_epochs, md_steps = args.max_epochs, args.md_steps
     if args.quick:
         overrides = [*QUICK_OVERRIDES, *overrides]
