@@ -49,3 +49,16 @@ def test_ceiling_recovers_a_correction_of_its_own_form():
         # the fitted coefficients carry the energies too: only a constant (removed) is left
         assert out[cell]["ceiling_energy_rmse_debiased_meV_per_atom"] == pytest.approx(0.0, abs=1e-6)
         assert out[cell]["base_energy_rmse_debiased_meV_per_atom"] > 0.1
+        # split by direction: the two parts recombine into the total, per component
+        b_in, b_out = out[cell]["base_forces_in_plane_rmse_meV_per_A"], out[cell]["base_forces_out_of_plane_rmse_meV_per_A"]
+        assert np.sqrt((2 * b_in**2 + b_out**2) / 3) == pytest.approx(out[cell]["base_forces_rmse_meV_per_A"])
+        assert out[cell]["ceiling_forces_in_plane_rmse_meV_per_A"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_directions_split_against_the_normal():
+    from difftre_torch.analysis.ceiling import directions
+
+    residual = np.array([[3.0, 4.0, 2.0], [0.0, 0.0, -2.0]]) * 1e-3   # eV/Å; normal along z
+    in_plane, out_of_plane = directions(residual.ravel(), [[0.0, 0.0, 1.0]] * 2)
+    assert in_plane == pytest.approx(np.sqrt(25.0 / 4))   # (3² + 4²) over 2 atoms × 2 components
+    assert out_of_plane == pytest.approx(2.0)

@@ -102,3 +102,15 @@ def test_ceiling_fraction_is_the_share_of_the_ceilings_gain():
         evaluation = _evaluation(4.0)
         del evaluation["refined"]["pair_ceiling"]
         measure([check], {}, evaluation)
+
+
+def test_ceiling_table_by_direction():
+    from difftre_torch.workflow.report import ceiling_table
+
+    evaluation = _evaluation(7.0)
+    c = evaluation["refined"]["pair_ceiling"]["cell112"]
+    c.update({f"{who}_forces_{part}_rmse_meV_per_A": c[f"{who}_forces_rmse_meV_per_A"]
+              for who in ("base", "ceiling") for part in ("in_plane", "out_of_plane")})
+    lines = ceiling_table(evaluation, "reality")
+    assert len(lines) == 2 + 3 and lines[2].startswith("| cell112 | all |") and "+70%" in lines[2]
+    assert ceiling_table(evaluation, "teacher") == []

@@ -26,11 +26,24 @@ from difftre_torch.evaluation import frame_labels, predict
 from difftre_torch.potentials.correction import PairCorrection, energy_gradient, force_jacobian
 
 
+def directions(residual: np.ndarray, normals) -> tuple[float, float]:
+    """(in-plane, out-of-plane) RMSE in meV/Å of force residuals ``residual`` [3N] (eV/Å), each
+    atom's against its frame's unit plane normal (``normals``: N vectors), per component as
+    :mod:`difftre_torch.evaluation` counts them: in-plane over 2N components, out-of-plane over N."""
+    r = residual.reshape(-1, 3)
+    n = np.asarray(normals, dtype=np.float64).reshape(-1, 3)
+    out = np.einsum("ij,ij->i", r, n)
+    in_plane = np.sum(r ** 2, axis=1) - out ** 2
+    return float(1e3 * np.sqrt(in_plane.sum() / (2 * len(r)))), float(1e3 * np.sqrt(np.mean(out ** 2)))
+
+
 def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list], reference: str = "label",
                  relative_to: str | None = None) -> dict:
     """{"fit_frames", "coefficients_eV", set: {"frames", "base_forces_rmse_meV_per_A",
-    "ceiling_forces_rmse_meV_per_A", "relative_forces_rms_meV_per_A" (RMS of reference − relative_to
-    forces, when ``relative_to`` is given), "base_energy_rmse_debiased_meV_per_atom",
+    "ceiling_forces_rmse_meV_per_A", the same split in plane and out of plane
+    ("base_forces_in_plane_rmse_meV_per_A", …, :func:`directions`),
+    "relative_forces_rms_meV_per_A" (RMS of reference − relative_to forces, when ``relative_to``
+    is given), "base_energy_rmse_debiased_meV_per_atom",
     "ceiling_energy_rmse_debiased_meV_per_atom"}} on the odd frames of each set. ``reference`` and
     ``relative_to``: label sources of :func:`difftre_torch.evaluation.frame_labels`."""
     probe = PairCorrection(correction.spec, dtype=torch.float64)
@@ -46,7 +59,7 @@ def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list], ref
             other = None if relative_to is None else frame_labels(atoms, relative_to).forces.reshape(-1)
             rows.setdefault(cell, []).append((index % 2 == 0, J, reality - pred.forces.reshape(-1),
                                               None if other is None else reality - other,
-                                              e, (labels.energy - pred.energy) / len(atoms)))
+                                              e, (labels.energy - pred.energy) / len(atoms), labels.normal))
     fit = [r for cell_rows in rows.values() for r in cell_rows if r[0]]
     if not fit:
         raise ValueError("pair_ceiling: no held-out frames to fit")
@@ -61,8 +74,14 @@ def pair_ceiling(base, correction: PairCorrection, heldout: dict[str, list], ref
         energy_base = np.array([r[5] for r in held])  # eV/atom, reality − base
         energy_best = np.array([r[5] - r[4] @ coefficients for r in held])
         rms = lambda v: float(1e3 * np.sqrt(np.mean(v ** 2)))  # noqa: E731
+        normal = [r[6] for r in held for _ in range(r[2].size // 3)]
+        split_base, split_best = directions(residual_base, normal), directions(residual_best, normal)
         out[cell] = {"frames": len(held), "base_forces_rmse_meV_per_A": rms(residual_base),
                      "ceiling_forces_rmse_meV_per_A": rms(residual_best),
+                     "base_forces_in_plane_rmse_meV_per_A": split_base[0],
+                     "base_forces_out_of_plane_rmse_meV_per_A": split_base[1],
+                     "ceiling_forces_in_plane_rmse_meV_per_A": split_best[0],
+                     "ceiling_forces_out_of_plane_rmse_meV_per_A": split_best[1],
                      "base_energy_rmse_debiased_meV_per_atom": rms(energy_base - energy_base.mean()),
                      "ceiling_energy_rmse_debiased_meV_per_atom": rms(energy_best - energy_best.mean())}
         if relative_to is not None:

@@ -193,14 +193,19 @@ def binding_position(check: CheckEntry, structure: dict, evaluation: dict, *,
     return _binding(check, evaluation, binding_reference, "spacing_A", "Å", "position")
 
 
-def odd_frame_rmse(per_frame: dict) -> float:
+def odd_frame_rmse(per_frame: dict, part: str = "all") -> float:
     """Force RMSE (meV/Å) over the odd frames of a set (the frames the pair ceiling reports on;
-    all frames when the set has one), from its per-frame errors (``per_frame_vs_<ref>``)."""
+    all frames when the set has one), from its per-frame errors (``per_frame_vs_<ref>``); ``part``
+    "all", "in_plane" (over 2N components) or "out_of_plane" (over N)."""
     from difftre_torch.evaluation import frame_errors_from_json
 
     e = frame_errors_from_json(per_frame)
     index = np.arange(len(e.force_sq))
     odd = index % 2 == 1 if len(index) > 1 else index >= 0
+    if part == "in_plane":
+        return float(np.sqrt(e.in_plane_sq[odd].sum() / (2 * e.atoms[odd].sum())))
+    if part == "out_of_plane":
+        return float(np.sqrt(e.out_of_plane_sq[odd].sum() / e.atoms[odd].sum()))
     return float(np.sqrt(e.force_sq[odd].sum() / e.force_n[odd].sum()))
 
 

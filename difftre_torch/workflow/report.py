@@ -308,6 +308,33 @@ def error_table(evaluation: dict) -> list[str]:
     return lines
 
 
+def ceiling_table(evaluation: dict, reference: str | None) -> list[str]:
+    """Per frame set and direction (all, in plane, out of plane): the base's, the refined model's
+    and the pair ceiling's force RMSE on the ceiling's odd frames, and the share of the ceiling's
+    gain the refinement reached, (base − refined)/(base − ceiling)."""
+    from difftre_torch.workflow.checks import odd_frame_rmse
+
+    ceiling = (evaluation.get("refined") or {}).get("pair_ceiling") or {}
+    base, refined = (evaluation.get(m, {}).get("sets", {}) for m in ("base", "refined"))
+    key = f"per_frame_vs_{reference}"
+    lines = []
+    for name, c in ceiling.items():
+        if not isinstance(c, dict) or key not in base.get(name, {}) or key not in refined.get(name, {}):
+            continue
+        for part, label, suffix in (("all", "all", ""), ("in_plane", "in plane", "in_plane_"),
+                                    ("out_of_plane", "out of plane", "out_of_plane_")):
+            b, r = odd_frame_rmse(base[name][key], part), odd_frame_rmse(refined[name][key], part)
+            cb, cc = c.get(f"base_forces_{suffix}rmse_meV_per_A"), c.get(f"ceiling_forces_{suffix}rmse_meV_per_A")
+            if cb is None or cc is None:
+                continue
+            share = f"{(b - r) / (cb - cc):+.0%}" if cb - cc > 0 else "—"
+            lines.append(f"| {name} | {label} | {b:.1f} | {r:.1f} | {cc:.1f} | {share} |")
+    if not lines:
+        return []
+    return ["| set | forces | base | refined | ceiling | refined's share of the ceiling's gain |",
+            "|---|---|---:|---:|---:|---:|", *lines]
+
+
 def lambda_table(structure: dict, evaluation: dict, refine: dict) -> list[str]:
     """One row per model: λ, each function target's R_w, each scalar target, and per frame set
     the force RMSE vs its first reference with the paired change against the base."""
@@ -413,6 +440,13 @@ def write_report(results: dict, out: Path, job) -> dict:
                "judged: a constant energy per atom moves no force and no ensemble average, so no structural "
                "experiment can fix it; 'E RMSE − bias' is the one that matters.", ""]
         md += error_table(evaluation) + ["", "![errors](errors_vs_size.png)", ""]
+        reference = job.evaluation.ceiling.reference if job.evaluation.ceiling is not None else None
+        by_direction = ceiling_table(evaluation, reference)
+        if by_direction:
+            md += ["### What the correction's form can reach", "",
+                   f"Force RMSE vs {reference} (meV/Å) on the pair ceiling's odd frames: the base, the refined model, "
+                   "and the same correction form fitted straight to those forces (`evaluation.ceiling`), split into the "
+                   "components in the layers' plane and along its normal.", "", *by_direction, ""]
     if binding:
         md += ["## Interlayer binding", "", "| curve | minimum (Å) | depth (meV/atom) |", "|---|---:|---:|"]
         md += [f"| {k} | {v['spacing_A']:.3f} | {v['depth_meV_per_atom']:.2f} |" for k, v in binding.items()]
