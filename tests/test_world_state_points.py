@@ -48,6 +48,7 @@ def test_every_complete_state_point_is_published(index):
         assert entry["noise_check"]["expected"] == pytest.approx(3 / 2)  # 4 blocks: ν = 3
         assert len(entry["noise_check"]["chi2_per_bin"]) == 1
     assert [e["held_out"] for e in idx["state_points"].values()] == [False, True, False]
+    assert all(e["own"] for e in idx["state_points"].values())
     assert json.loads((root / "out" / "states.json").read_text())["state_points"].keys() == idx["state_points"].keys()
 
 

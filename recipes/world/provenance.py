@@ -271,8 +271,7 @@ def states_source(data: Path, files: list[str], runs: Path | None) -> Source:
         src.pending = ("python -m recipes.world.state_points --runs <runs> after the `states` campaign's "
                        "replicas finish")
         return src
-    jobs = [j for e in rec["state_points"].values() if not Path(e["dir"]).is_absolute()
-            and not e["dir"].startswith("data/") for j in e["replicas"]]
+    jobs = [j for e in rec["state_points"].values() if e.get("own", True) for j in e["replicas"]]
     src.command = rec["command"]
     md_seeds, _, src.per_job_seeds = _md_seeds([Path(rec["runs"]), runs], jobs)
     src.seeds = f"MD {md_seeds}"

@@ -53,8 +53,9 @@ def _noise(summary: dict) -> dict | None:
             "sigma_scale": (summary.get("sigma_scale") or {}).get(key, 1.0)}
 
 
-def _entry(temperature_K: float, pressure_GPa: float, folder: str, summary: dict) -> dict:
-    return {"temperature_K": temperature_K, "pressure_GPa": pressure_GPa, "dir": folder,
+def _entry(temperature_K: float, pressure_GPa: float, folder: str, summary: dict, own: bool = True) -> dict:
+    """One state point of the index; ``own``: published by this command (else listed beside)."""
+    return {"temperature_K": temperature_K, "pressure_GPa": pressure_GPa, "dir": folder, "own": own,
             "held_out": (temperature_K, pressure_GPa) == HELD_OUT,
             "lattice": summary["lattice"], "replicas": [r["job"] for r in summary["replicas"]],
             "n_frames": sum(r["n_frames"] for r in summary["replicas"]), "noise_check": _noise(summary)}
@@ -74,7 +75,7 @@ def publish_states(runs: str | Path, out: str | Path, experiment: str | Path | N
         summary = json.loads((Path(experiment) / "experiment_summary.json").read_text())
         state = summary["state_point"]
         index["state_points"][state_tag(state["temperature_K"], state["pressure_GPa"])] = _entry(
-            state["temperature_K"], state["pressure_GPa"], str(experiment), summary)
+            state["temperature_K"], state["pressure_GPa"], str(experiment), summary, own=False)
     walls = []
     for temperature, pressure, _ in STATE_POINTS:
         tag = state_tag(temperature, pressure)
