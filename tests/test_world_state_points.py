@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from recipes.world import experiment
 from recipes.world import state_points as sp
 from recipes.world.trajectories import ONE_BAR_GPA, state_job_name
 from test_world_experiment import write_replica
@@ -25,18 +26,24 @@ def index(tmp_path_factory):
             write_replica(runs, state_job_name(temperature, pressure, "reality", 10 * k + seed), seed=10 * k + seed,
                           temperature_K=temperature, pressure_GPa=pressure)
     write_replica(runs, state_job_name(150.0, ONE_BAR_GPA, "reality", 99), seed=99, temperature_K=150.0)
+    for seed in (101, 102):  # the 300 K, 1 bar experiment, published on its own
+        write_replica(runs, f"npt300_reality_cell112_s{seed}", seed=seed)
+    experiment.main(["--runs", str(runs), "--out", str(root / "experiment"), "--quick", "--no-progress"])
     try:
-        yield root, sp.main(["--runs", str(runs), "--out", str(root / "out"), "--experiment", "", "--quick",
-                             "--no-progress"])
+        yield root, sp.main(["--runs", str(runs), "--out", str(root / "out"), "--experiment",
+                             str(root / "experiment"), "--quick", "--no-progress"])
     finally:
         torch.set_num_threads(threads)
 
 
 def test_every_complete_state_point_is_published(index):
     root, idx = index
-    assert sorted(idx["state_points"]) == ["T300_P1GPa", "T375_P1bar", "T450_P1bar"]
+    points = dict(idx["state_points"])
+    listed = points.pop("T300_P1bar")  # the 300 K experiment beside them
+    assert not listed["own"] and listed["dir"] == str(root / "experiment") and len(listed["replicas"]) == 2
+    assert sorted(points) == ["T300_P1GPa", "T375_P1bar", "T450_P1bar"]
     assert "T150_P1bar" in idx["pending"] and "1 of 2" in idx["pending"]["T150_P1bar"]
-    for tag, entry in idx["state_points"].items():
+    for tag, entry in points.items():
         folder = root / "out" / entry["dir"]
         lattice = json.loads((folder / "lattice.json").read_text())
         assert lattice["temperature_K"] == entry["temperature_K"]
@@ -47,8 +54,8 @@ def test_every_complete_state_point_is_published(index):
         assert len(entry["replicas"]) == 2
         assert entry["noise_check"]["expected"] == pytest.approx(3 / 2)  # 4 blocks: ν = 3
         assert len(entry["noise_check"]["chi2_per_bin"]) == 1
-    assert [e["held_out"] for e in idx["state_points"].values()] == [False, True, False]
-    assert all(e["own"] for e in idx["state_points"].values())
+    assert [e["held_out"] for e in points.values()] == [False, True, False]
+    assert all(e["own"] for e in points.values())
     assert json.loads((root / "out" / "states.json").read_text())["state_points"].keys() == idx["state_points"].keys()
 
 
