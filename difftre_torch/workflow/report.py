@@ -379,7 +379,9 @@ def write_report(results: dict, out: Path, job) -> dict:
     rows = state_rows(structure, job) if structure else []
     figures = {k: v for k, v in {
         "functions": figure_functions(structure, out / "functions.png") if structure else None,
-        "scalars": figure_scalars(structure, out / "scalars.png") if structure else None,
+        # one state point: bars per scalar; several: the curves against T and P replace them
+        "scalars": figure_scalars(structure, out / "scalars.png")
+        if structure and len({r["point"] for r in rows}) <= 1 else None,
         "training": figure_training(refine, out / "training.png"),
         "state_points": figure_states(rows, out / "state_points.png", style),
         "binding": figure_binding(evaluation, results.get("binding_reference"), out / "binding.png"),
