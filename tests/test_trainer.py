@@ -159,48 +159,6 @@ def test_npt_lattice_length_drives_sigma(tmp_path):
     assert abs(sigma - 3.405) < 4 * 3.405 * se + 2e-3, (sigma, se)
 
 
-@pytest.mark.slow
-def test_two_pressures_fix_sigma_and_epsilon_together(tmp_path):
-    """NPT fcc LJ crystal at 40 K and two pressures, 0 and 0.2 GPa (≈ 5 ε/σ³). At one pressure the
-    lattice length fixes σ only (a ≈ σ · f(kT/ε), nearly flat in ε at kT/ε = 0.33); its change
-    with pressure is set by the bulk modulus ∝ ε/σ³, so the two state points fitted together fix
-    ε too. Targets: the mean a of each state point with σ* = 3.405 Å, ε* = 0.0104 eV (batched
-    sampler, two replicas each). From σ = 3.30 Å and ε = 0.0090 eV (−13 %) Levenberg–Marquardt
-    (scale-free in the parameters; a pool of 3 trajectories) must bring both back: σ within
-    0.01 Å and ε within 5 %, and each state point's a within 4 combined standard errors."""
-    from difftre_torch.sampling.batched import BatchedSampler
-
-    atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat(2)
-    points = [StatePoint("P0", 40.0, pressure_GPa=0.0, replicas=2), StatePoint("P02", 40.0, pressure_GPa=0.2, replicas=2)]
-    sampler = dict(timestep_fs=5.0, friction_per_fs=0.02, barostat_tau_fs=500.0, equilibration_steps=400,
-                   reequilibration_steps=150, snapshots_per_replica=60, stride=10, min_distance_A=1.5)
-    options = {"axes": "a", "repeats": [2, 2, 2]}
-    raw = BatchedSampler(atoms, points, SamplerConfig(**{**sampler, "snapshots_per_replica": 150, "seed": 5})).sample(
-        LennardJones(3.405, 0.0104, 8.5))
-    targets, se_ref = [], []
-    for point, sample in zip(points, raw):
-        a_ref = (sample.cells[:, 0].norm(dim=-1) / 2).numpy()
-        se_ref.append(block_standard_error(a_ref))
-        targets.append(Target(f"a_{point.name}", "lattice_length", [float(a_ref.mean())], sigma=[se_ref[-1]],
-                              state_point=point.name, options=options))
-    assert targets[0].values[0] - targets[1].values[0] > 0.05  # the pressure compresses the crystal
-    potential = LennardJones(3.30, 0.0090, 8.5)
-    trainer = DiffTReTrainer(potential, atoms, points, targets,
-                             sampler=BatchedSampler(atoms, points, SamplerConfig(**sampler, seed=8)),
-                             config=TrainerConfig(updates=12, optimizer="levenberg_marquardt", pool_size=3,
-                                                  pool_retention="share", progress=False, tensorboard=False),
-                             out_dir=tmp_path)
-    trainer.fit()
-    sigma, epsilon = float(potential.sigma.detach()), float(potential.epsilon.detach())
-    final = BatchedSampler(atoms, points, SamplerConfig(**{**sampler, "seed": 11})).sample(potential)
-    for k, sample in enumerate(final):
-        a = (sample.cells[:, 0].norm(dim=-1) / 2).numpy()
-        combined = math.hypot(se_ref[k], block_standard_error(a))
-        assert abs(a.mean() - float(targets[k].values[0])) < 4 * combined, (k, a.mean(), combined, sigma, epsilon)
-    assert abs(sigma - 3.405) < 0.01, (sigma, epsilon)
-    assert abs(epsilon / 0.0104 - 1.0) < 0.05, (sigma, epsilon)
-
-
 # ----------------------------------------------------------------------------- robustness
 
 
