@@ -20,10 +20,6 @@ import numpy as np
 from difftre_torch.monitor import save_figure
 
 
-def _points(comparison: dict) -> list[str]:
-    return [p for p in comparison if p != "blow_ups"]
-
-
 def quantity(entry) -> str:
     """Label of a target's physical quantity: its observable and options (state-independent), so
     ``a_150K`` and ``a_300K`` are the same quantity."""
