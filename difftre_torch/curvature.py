@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from difftre_torch.gradient import ChunkFn, _chunks
+from difftre_torch.gradient import ChunkFn
+from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, chunk_calls, store_pairs
 from difftre_torch.experiment.target import Target
 from difftre_torch.sampling.store import SnapshotStore
 
@@ -75,15 +76,16 @@ def _row_gradients(outputs: torch.Tensor, params: list[torch.Tensor]) -> torch.T
 
 
 def snapshot_jacobians(potential, store: SnapshotStore, chunk_fn: ChunkFn, params: Sequence[torch.Tensor],
-                       chunk_size: int) -> dict[str, torch.Tensor]:
+                       chunk_size: int, pair_cache_mb: float = DEFAULT_LIMIT_MB) -> dict[str, torch.Tensor]:
     """Per-snapshot ∂/∂θ of everything ``chunk_fn`` returns: ``"energy"`` → [S, P] (eV per unit
     θ) and each θ-dependent observable → [S, m, P], float64 on the CPU. Memory O(S·m·P): for
     models with few parameters."""
     params = list(params)
     parts: dict[str, list[torch.Tensor]] = {}
-    for sl in _chunks(len(store), chunk_size):
+    cache = store_pairs(potential, store, pair_cache_mb)
+    for sl, call in chunk_calls(potential, len(store), chunk_size, cache, store.positions.dtype):
         with torch.enable_grad():
-            out = chunk_fn(potential, store.positions[sl], store.cells[sl], store.numbers, store, True)
+            out = chunk_fn(call, store.positions[sl], store.cells[sl], store.numbers, store, True)
             for key, value in out.items():
                 b = value.shape[0]
                 rows = _row_gradients(value.reshape(-1), params)        # [b·m, P]

@@ -16,7 +16,9 @@ potential's graph for all N snapshots at once. Instead:
    Σ_{i∈chunk} (∂L/∂U_i) U_i + (∂L/∂O_i)·O_i, accumulating dL/dθ.
 
 Peak memory is one chunk's graph plus O(N) scalars; the result equals the one-shot gradient
-(tested). Costs: two forward passes and one backward pass per snapshot.
+(tested). Costs: two forward passes and one backward pass per snapshot; a potential that takes a
+precomputed pair list searches each store's snapshots once, not in every pass
+(:mod:`difftre_torch.pair_reuse`).
 
 Across several ranks (``ranks``, :mod:`difftre_torch.distributed`) each rank passes its own
 snapshots; the weights, the averages in the loss and N_eff are global (all-reduced), step 2 gives
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, chunk_calls, store_pairs
 from difftre_torch.potentials.base import Potential
 from difftre_torch.reweighting import boltzmann_weights, effective_sample_size
 from difftre_torch.sampling.store import SnapshotStore
@@ -72,19 +75,13 @@ class GradientResult:
     values: list[dict[str, torch.Tensor]]
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    if size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {size}")
-    return [slice(k, min(k + size, n)) for k in range(0, n, size)]
-
-
 def _forward_all(potential: Potential, store: SnapshotStore, chunk_fn: ChunkFn,
-                 chunk_size: int) -> dict[str, torch.Tensor]:
+                 chunk_size: int, pair_cache_mb: float) -> dict[str, torch.Tensor]:
     outs: list[dict[str, torch.Tensor]] = []
-    for sl in _chunks(len(store), chunk_size):
+    cache = store_pairs(potential, store, pair_cache_mb)
+    for sl, call in chunk_calls(potential, len(store), chunk_size, cache, store.positions.dtype):
         with torch.no_grad():
-            out = chunk_fn(potential, store.positions[sl], store.cells[sl], store.numbers,
-                           store, False)
+            out = chunk_fn(call, store.positions[sl], store.cells[sl], store.numbers, store, False)
         outs.append({k: v.detach() for k, v in out.items()})
     return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
@@ -98,15 +95,18 @@ def difftre_gradient(
     chunk_fn: ChunkFn = energy_only,
     chunk_size: int = 64,
     ranks: Ranks | None = None,
+    pair_cache_mb: float = DEFAULT_LIMIT_MB,
 ) -> GradientResult:
     """dL/dθ of the reweighted loss over ``stores`` (one per state point), chunked.
 
     Does not touch ``param.grad``: the caller adds the returned gradients (and any other
     terms, e.g. force matching) and steps the optimiser. ``ranks``: several processes, each with
     its own snapshots in ``stores`` (module docstring); the result is the global one on each.
+    ``pair_cache_mb``: each store's pair lists are searched once and reused by both passes and by
+    later updates over the same store, up to this size (:mod:`difftre_torch.pair_reuse`).
     """
     params = list(params)
-    forward = [_forward_all(potential, store, chunk_fn, chunk_size) for store in stores]
+    forward = [_forward_all(potential, store, chunk_fn, chunk_size, pair_cache_mb) for store in stores]
 
     # Step 2: the loss on detached leaves gives the per-snapshot cotangents.
     leaves: list[dict[str, torch.Tensor]] = []
@@ -132,10 +132,10 @@ def difftre_gradient(
         active = {k: g for k, g in c.items() if g is not None and torch.any(g != 0)}
         if not active:
             continue
-        for sl in _chunks(len(store), chunk_size):
+        cache = store_pairs(potential, store, pair_cache_mb)
+        for sl, call in chunk_calls(potential, len(store), chunk_size, cache, store.positions.dtype):
             with torch.enable_grad():
-                out = chunk_fn(potential, store.positions[sl], store.cells[sl], store.numbers,
-                               store, True)
+                out = chunk_fn(call, store.positions[sl], store.cells[sl], store.numbers, store, True)
                 surrogate = sum((active[k][sl] * out[k]).sum() for k in active)
                 chunk_grads = torch.autograd.grad(surrogate, params, allow_unused=True)
             for g, cg in zip(grads, chunk_grads):
@@ -164,12 +164,13 @@ class Reweighted:
 
 
 def reweight(potential: Potential, stores: Sequence[SnapshotStore], *,
-             chunk_fn: ChunkFn = energy_only, chunk_size: int = 64, ranks: Ranks | None = None) -> Reweighted:
+             chunk_fn: ChunkFn = energy_only, chunk_size: int = 64, ranks: Ranks | None = None,
+             pair_cache_mb: float = DEFAULT_LIMIT_MB) -> Reweighted:
     """Forward pass only: w_i(θ), N_eff and the per-snapshot observables at the current θ
     (``ranks``: this rank's slice of the global weights, global N_eff)."""
     weights, n_eff, values = [], [], []
     for store in stores:
-        out = _forward_all(potential, store, chunk_fn, chunk_size)
+        out = _forward_all(potential, store, chunk_fn, chunk_size, pair_cache_mb)
         w = boltzmann_weights(out["energy"], store.reference_energies, store.kT_eV, ranks)
         weights.append(w)
         n_eff.append(float(effective_sample_size(w, ranks)))

@@ -92,6 +92,77 @@ def pair_vectors(positions: torch.Tensor, cell: torch.Tensor, pairs: Pairs) -> t
 
 
 # ---------------------------------------------------------------------------------------------
+# Pair caches: each fixed snapshot's list, searched once
+
+
+PAIR_BYTES = 4 + 4 + 3 * 2
+"""Bytes one cached pair takes: i and j as int32, the cell shift as three int16."""
+
+
+@dataclass
+class PairCache:
+    """The exact pair lists (|r_ij| < ``cutoff_A``) of S fixed snapshots, searched once and kept
+    compactly, so that every later pass over the same snapshots skips the search.
+
+    Snapshot s owns rows ``offsets[s]:offsets[s + 1]`` of ``i``, ``j`` (int32 atom indices) and
+    ``shifts`` (int16 integer cell shifts), which stay on the snapshots' device; ``offsets``
+    [S + 1] int64 stays on the CPU, so slicing never waits for the device. The rows of a snapshot
+    are vesin's, in vesin's order: :meth:`pairs` gives what :func:`neighbor_pairs` would.
+    full: both (i, j) and (j, i) are listed.
+    """
+
+    cutoff_A: float
+    full: bool
+    offsets: torch.Tensor
+    i: torch.Tensor
+    j: torch.Tensor
+    shifts: torch.Tensor
+
+    @classmethod
+    def build(cls, positions: torch.Tensor, cell: torch.Tensor, cutoff_A: float, full: bool) -> "PairCache":
+        """Search positions [S, N, 3] Å in cells [S, 3, 3] Å (rows), one snapshot at a time
+        (vesin's int64 output is one snapshot's only)."""
+        from vesin.torch import NeighborList
+
+        search = NeighborList(cutoff=float(cutoff_A), full_list=full)
+        pos, box = positions.detach(), cell.detach()
+        counts, first, second, shifts = [0], [], [], []
+        for b in range(pos.shape[0]):
+            i, j, s = search.compute(points=pos[b], box=box[b], periodic=True, quantities="ijS")
+            if s.numel() and int(s.abs().max()) > torch.iinfo(torch.int16).max:
+                raise ValueError(f"PairCache: a cell shift beyond the int16 range (cut-off {cutoff_A} Å "
+                                 "against a cell far smaller)")
+            counts.append(int(i.shape[0]))
+            first.append(i.to(torch.int32))
+            second.append(j.to(torch.int32))
+            shifts.append(s.to(torch.int16))
+        return cls(cutoff_A=float(cutoff_A), full=full,
+                   offsets=torch.tensor(counts, dtype=torch.int64).cumsum(0),
+                   i=torch.cat(first), j=torch.cat(second), shifts=torch.cat(shifts))
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached pairs hold (indices and shifts)."""
+        return sum(t.numel() * t.element_size() for t in (self.i, self.j, self.shifts))
+
+    def pairs(self, snapshots: slice, dtype: torch.dtype) -> Pairs:
+        """The :class:`Pairs` of ``snapshots`` (a slice with step 1), batch indices from 0,
+        shifts in ``dtype`` (the positions')."""
+        start, stop, step = snapshots.indices(len(self))
+        if step != 1:
+            raise ValueError(f"PairCache.pairs: expected a contiguous slice, got step {step}")
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        counts = (self.offsets[start + 1:stop + 1] - self.offsets[start:stop]).to(self.i.device)
+        batch = torch.repeat_interleave(torch.arange(stop - start, device=self.i.device), counts,
+                                        output_size=hi - lo)
+        return Pairs(batch=batch, i=self.i[lo:hi].long(), j=self.j[lo:hi].long(),
+                     shifts=self.shifts[lo:hi].to(dtype), full=self.full)
+
+
+# ---------------------------------------------------------------------------------------------
 # Verlet lists: pairs within cutoff + skin, reused while no pair can have crossed the cutoff
 
 

@@ -22,7 +22,9 @@ import torch
 
 from difftre_torch.experiment.target import Target
 from difftre_torch.loss import observable_loss
+from difftre_torch.neighbors import PairCache
 from difftre_torch.observables.registry import spec, static_observables, theta_observables
+from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, cache_pairs, chunk_calls
 from difftre_torch.potentials.base import Potential, evaluate
 from difftre_torch.reweighting import reweighted_mean
 from difftre_torch.sampling.store import SnapshotStore
@@ -57,30 +59,35 @@ def assign_targets(targets: Sequence[Target], state_point_names: Sequence[str]) 
 
 @torch.no_grad()
 def reference_energies(potential: Potential, positions: torch.Tensor, cells: torch.Tensor,
-                       numbers: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """U_θ̃(S_i) [S] eV with the same batched call the update makes (so w = 1/N at θ = θ̃)."""
+                       numbers: torch.Tensor, chunk_size: int, pairs: PairCache | None = None) -> torch.Tensor:
+    """U_θ̃(S_i) [S] eV with the same batched call the update makes (so w = 1/N at θ = θ̃):
+    the same chunks, over the same cached pair lists ``pairs`` where the update has them."""
     return torch.cat([
-        potential(positions[k:k + chunk_size], cells[k:k + chunk_size], numbers).detach()
-        for k in range(0, positions.shape[0], chunk_size)
+        call(positions[sl], cells[sl], numbers).detach()
+        for sl, call in chunk_calls(potential, positions.shape[0], chunk_size, pairs, positions.dtype)
     ])
 
 
 def fill_store(name: str, positions: torch.Tensor, cells: torch.Tensor, numbers: torch.Tensor,
                potential: Potential, targets: Sequence[Target], *, temperature_K: float,
                pressure_GPa: float | None, replica: torch.Tensor | None = None,
-               chunk_size: int = 64) -> SnapshotStore:
+               chunk_size: int = 64, pair_cache_mb: float = DEFAULT_LIMIT_MB) -> SnapshotStore:
     """A :class:`SnapshotStore` with U_θ̃ and the θ-independent observables of ``targets``.
 
     positions [S, N, 3] Å, cells [S, 3, 3] Å (rows), numbers [N]; tensors in the potential's
-    dtype and device.
+    dtype and device. The snapshots' pair lists are searched here, once, and kept on the store
+    for the updates (up to ``pair_cache_mb``, :mod:`difftre_torch.pair_reuse`).
     """
     numbers = numbers.to(positions.device)
-    energies = reference_energies(potential, positions, cells, numbers, chunk_size)
+    pairs = cache_pairs(potential, positions, cells, pair_cache_mb)
+    energies = reference_energies(potential, positions, cells, numbers, chunk_size, pairs)
     observables = static_observables(positions, cells, numbers, list(targets), chunk_size)
-    return SnapshotStore(numbers=numbers, positions=positions, cells=cells,
-                         reference_energies=energies, temperature_K=temperature_K,
-                         pressure_GPa=pressure_GPa, observables=observables, replica=replica,
-                         name=name)
+    store = SnapshotStore(numbers=numbers, positions=positions, cells=cells,
+                          reference_energies=energies, temperature_K=temperature_K,
+                          pressure_GPa=pressure_GPa, observables=observables, replica=replica,
+                          name=name)
+    store.pair_cache = pairs
+    return store
 
 
 def make_chunk_fn(grouped: dict[str, list[Target]]):

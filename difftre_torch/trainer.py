@@ -77,6 +77,7 @@ from difftre_torch.monitor import history_figure, save_figure, scalar_parameters
 from difftre_torch.objective import (assign_targets, fill_store, make_chunk_fn, make_loss_fn, reference_energies,
                                      reweighted_predictions)
 from difftre_torch.observables.thermo import lattice_lengths, pressure
+from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, chunk_calls, store_pairs
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
 from difftre_torch.potentials.base import Potential, parameters_at
 from difftre_torch.potentials.io import save_potential
@@ -115,6 +116,9 @@ class TrainerConfig:
     grad_clip_norm: float | None = field(default=None, metadata={"doc": "adam: clip the total gradient norm (null: never)"})
     resample_ratio: float = field(default=0.9, metadata={"doc": "sample again when N_eff/N falls below it, in (0, 1]"})
     chunk_size: int = field(default=64, metadata={"doc": "snapshots per chunk of the gradient (bounds memory)"})
+    pair_cache_mb: float = field(default=DEFAULT_LIMIT_MB, metadata={
+        "doc": "MiB per state point for the snapshots' pair lists, searched once per sample and reused by "
+               "every update (14 bytes per pair; 0: search in every pass)"})
     force_matching_weight: float = field(default=0.0, metadata={"doc": "λ of L_FM (eV⁻² Å²: L_FM is an MSE in "
                                                                        "eV²/Å²); 0: no force matching"})
     fm_energy_weight: float = field(default=1.0, metadata={"doc": "w_E, the energy term's weight inside L_FM"})
@@ -176,6 +180,7 @@ class TrainerConfig:
             raise ValueError(f"TrainerConfig.pool_retention: expected one of {RETENTION_RULES}, "
                              f"got {self.pool_retention!r}")
         checks = (("updates", self.updates >= 0, ">= 0"), ("chunk_size", self.chunk_size >= 1, ">= 1"),
+                  ("pair_cache_mb", self.pair_cache_mb >= 0, ">= 0"),
                   ("learning_rate", self.learning_rate > 0, "> 0"),
                   ("resample_ratio", 0.0 < self.resample_ratio <= 1.0, "in (0, 1]"),
                   ("force_matching_weight", self.force_matching_weight >= 0, ">= 0"),
@@ -341,10 +346,11 @@ class DiffTReTrainer:
             stores.append(fill_store(point.name, positions, cells, numbers, self.potential,
                                      self.grouped[point.name], temperature_K=point.temperature_K,
                                      pressure_GPa=point.pressure_GPa, replica=r.replica,
-                                     chunk_size=self.config.chunk_size))
-            p = torch.cat([pressure(self.potential, positions[k:k + self.config.chunk_size],
-                                    cells[k:k + self.config.chunk_size], numbers, point.temperature_K)
-                           for k in range(0, positions.shape[0], self.config.chunk_size)])
+                                     chunk_size=self.config.chunk_size,
+                                     pair_cache_mb=self.config.pair_cache_mb))
+            p = torch.cat([pressure(call, positions[sl], cells[sl], numbers, point.temperature_K)
+                           for sl, call in chunk_calls(self.potential, positions.shape[0], self.config.chunk_size,
+                                                       stores[-1].pair_cache, positions.dtype)])
             self.sample_stats[point.name] = self._round_stats(p, r.stats, sampled_with)
         cfg = self.config
         if self.pools is None or fresh:
@@ -363,7 +369,8 @@ class DiffTReTrainer:
         θ is restored bit for bit afterwards (the pools' energy matrix)."""
         with parameters_at(self.params, theta):
             return reference_energies(self.potential, store.positions, store.cells, store.numbers,
-                                      self.config.chunk_size)
+                                      self.config.chunk_size,
+                                      store_pairs(self.potential, store, self.config.pair_cache_mb))
 
     def _round_stats(self, pressures: torch.Tensor, stats: dict, sampled_with: str) -> dict:
         """A state point's sampling statistics over every rank: the mean virial pressure (GPa),
@@ -406,13 +413,15 @@ class DiffTReTrainer:
         if self.stores is None:
             sample_s += self._sample()
         result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
+                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks,
+                                  pair_cache_mb=cfg.pair_cache_mb)
         if self._stale(result.n_eff):
             sample_s += self._sample()
             resampled = True
             self.resamples += 1
             result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks)
+                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks,
+                                      pair_cache_mb=cfg.pair_cache_mb)
         values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
         labels = [block_labels(store, pool.segments, cfg.noise_blocks, point.replicas)
                   for store, pool, point in zip(self.stores, self.pools, self.state_points)]
@@ -530,7 +539,8 @@ class DiffTReTrainer:
         Hessian, trials reweighted on the pools (and force matching on the same minibatch); θ is
         moved by the accepted step. Also updates :attr:`parameter_errors`."""
         cfg = self.config
-        jacobians = [snapshot_jacobians(self.potential, store, self.chunk_fn, self.params, cfg.chunk_size)
+        jacobians = [snapshot_jacobians(self.potential, store, self.chunk_fn, self.params, cfg.chunk_size,
+                                        cfg.pair_cache_mb)
                      for store in self.stores]
         residuals = target_residuals(self.grouped, self.point_names, result.weights, values, jacobians,
                                      [store.kT_eV for store in self.stores], self.ranks)
@@ -774,7 +784,7 @@ class DiffTReTrainer:
     def evaluate_targets(self) -> tuple[dict[str, torch.Tensor], dict[str, float], list[float]]:
         """⟨O_k⟩ at the current θ over the current stores; (predictions, loss parts, N_eff)."""
         rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size,
-                      ranks=self.ranks)
+                      pair_cache_mb=self.config.pair_cache_mb, ranks=self.ranks)
         with torch.no_grad():
             total, parts = self.loss_fn(rw.weights, rw.values)
         predictions = reweighted_predictions(rw.weights, rw.values, self.grouped, self.point_names, self.ranks)

@@ -71,7 +71,7 @@ def time_limit(potential, positions, cells, numbers, device, seconds: float) -> 
     import functools
 
     from difftre_torch.neighbors import verlet_list
-    from difftre_torch.sampling.batched import pair_list_request
+    from difftre_torch.potentials.base import pair_list_request
     from difftre_torch.sampling.integrators import forces_and_stress
 
     request = pair_list_request(potential)

@@ -56,33 +56,41 @@ class PhaseClock:
         return out
 
 
-def update(potential, store, params, chunk_size: int, device: torch.device) -> dict:
-    """(a) one difftre_gradient call: seconds in all, per phase, and in neighbour lists."""
+def update(potential, store, params, chunk_size: int, device: torch.device, cached: bool = True) -> dict:
+    """(a) one difftre_gradient call: seconds in all, per phase, and in neighbour lists.
+    ``cached``: over the store's pair lists (searched when the store was filled, as in the
+    trainer); False: every pass searches (``pair_cache_mb=0``)."""
     from difftre_torch.gradient import difftre_gradient
+    from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB
 
     clock = PhaseClock(device)
     neighbours = NEIGHBOUR_SECONDS["neighbours"]
     sync(device)
     start = time.perf_counter()
     result = difftre_gradient(potential, [store], rdf_loss(store), params,
-                              chunk_fn=clock.chunk_fn, chunk_size=chunk_size)
+                              chunk_fn=clock.chunk_fn, chunk_size=chunk_size,
+                              pair_cache_mb=DEFAULT_LIMIT_MB if cached else 0.0)
     sync(device)
     total = time.perf_counter() - start
     return {"total": total, **clock.seconds, "bwd_and_loss": total - sum(clock.seconds.values()),
             "neighbours": NEIGHBOUR_SECONDS["neighbours"] - neighbours, "n_eff": result.n_eff[0]}
 
 
-def forward_backward(potential, store, params, chunk_size: int, device: torch.device) -> dict:
-    """(b) the baseline: Σ_chunks autograd.grad(Σ_i U_θ(S_i), θ), accumulated like (a)."""
+def forward_backward(potential, store, params, chunk_size: int, device: torch.device,
+                     cached: bool = False) -> dict:
+    """(b) the baseline: Σ_chunks autograd.grad(Σ_i U_θ(S_i), θ), accumulated like (a);
+    ``cached``: over the store's pair lists (no search), else searching as a training step does."""
+    from difftre_torch.pair_reuse import chunk_calls
+
     grads = [torch.zeros_like(p) for p in params]
     fwd = bwd = 0.0
     neighbours = NEIGHBOUR_SECONDS["neighbours"]
-    for k in range(0, len(store), chunk_size):
-        sl = slice(k, k + chunk_size)
+    cache = store.pair_cache if cached else None
+    for sl, call in chunk_calls(potential, len(store), chunk_size, cache, store.positions.dtype):
         sync(device)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            energy = potential(store.positions[sl], store.cells[sl], store.numbers).sum()
+            energy = call(store.positions[sl], store.cells[sl], store.numbers).sum()
             sync(device)
             t1 = time.perf_counter()
             chunk_grads = torch.autograd.grad(energy, params, allow_unused=True)

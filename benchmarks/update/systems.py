@@ -103,22 +103,29 @@ def load_model(model: str, checkpoint: str | None, device: torch.device):
 
 def build_store(potential, system: System, n_snapshots: int, chunk_size: int,
                 device: torch.device):
-    """A SnapshotStore of ``n_snapshots`` rattled snapshots on ``device``: reference energies
-    from ``potential`` (chunked, no graph) and the partial RDFs [S, n_pairs·n_bins] cached."""
+    """(store, seconds of the pair search) for ``n_snapshots`` rattled snapshots on ``device``,
+    filled as the trainer fills one: the pair lists searched once and kept on the store
+    (:func:`~difftre_torch.pair_reuse.cache_pairs`), reference energies from ``potential`` over
+    them (chunked, no graph), and the partial RDFs [S, n_pairs·n_bins] cached."""
+    import time
+
+    from difftre_torch.objective import reference_energies
     from difftre_torch.observables import partial_rdfs
+    from difftre_torch.pair_reuse import cache_pairs
     from difftre_torch.sampling.store import SnapshotStore
 
     positions, cells = rattled_snapshots(system, n_snapshots)
     positions, cells = positions.to(device), cells.to(device)
     numbers = system.numbers.to(device)
-    with torch.no_grad():
-        reference = torch.cat([
-            potential(positions[k:k + chunk_size], cells[k:k + chunk_size], numbers)
-            for k in range(0, n_snapshots, chunk_size)
-        ])
+    start = time.perf_counter()
+    pairs = cache_pairs(potential, positions, cells)
+    search_s = time.perf_counter() - start
+    reference = reference_energies(potential, positions, cells, numbers, chunk_size, pairs)
     _, partials = partial_rdfs(positions, cells, numbers, system.r_max_A, system.n_bins,
                                snapshots_per_chunk=chunk_size)
     rdf = torch.cat([partials[key] for key in sorted(partials)], dim=1)
-    return SnapshotStore(numbers=numbers, positions=positions, cells=cells,
-                         reference_energies=reference.detach(),
-                         temperature_K=system.temperature_K, observables={"rdf": rdf})
+    store = SnapshotStore(numbers=numbers, positions=positions, cells=cells,
+                          reference_energies=reference.detach(),
+                          temperature_K=system.temperature_K, observables={"rdf": rdf})
+    store.pair_cache = pairs
+    return store, search_s

@@ -33,7 +33,7 @@ def prepare(n_snapshots: int, model: str, checkpoint: str | None, device: torch.
     torch.set_num_threads(threads)
     potential, params, system = load_model(model, checkpoint, device)
     time_neighbour_lists(potential, device)
-    store = build_store(potential, system, n_snapshots, chunk_size, device)
+    store, search_s = build_store(potential, system, n_snapshots, chunk_size, device)
     with torch.no_grad():  # as after an optimiser step: non-uniform weights
         generator = torch.Generator().manual_seed(1)
         for p in params:
@@ -44,16 +44,17 @@ def prepare(n_snapshots: int, model: str, checkpoint: str | None, device: torch.
                          temperature_K=store.temperature_K,
                          observables={"rdf": store.observables["rdf"][head]})
     for _ in range(2):
-        update(potential, warm, params, chunk_size, device)
-        forward_backward(potential, warm, params, chunk_size, device)
-    return potential, params, store
+        for cached in (True, False):
+            update(potential, warm, params, chunk_size, device, cached)
+            forward_backward(potential, warm, params, chunk_size, device, cached)
+    return potential, params, store, search_s
 
 
 def measure_memory(n_snapshots: int, model: str, checkpoint: str | None, device_name: str,
                    chunk_size: int, threads: int) -> dict:
     """Peak memory of one update (run this in a process started with FIXED_MMAP_ENV)."""
     device = torch.device(device_name)
-    potential, params, store = prepare(n_snapshots, model, checkpoint, device, chunk_size, threads)
+    potential, params, store, _ = prepare(n_snapshots, model, checkpoint, device, chunk_size, threads)
     peak = peak_memory_MB(lambda: update(potential, store, params, chunk_size, device), device)
     return {"n": n_snapshots, "peak_MB": peak}
 
@@ -63,14 +64,17 @@ def measure_time(n_snapshots: int, model: str, checkpoint: str | None, device_na
     """Peak memory of one update (default allocator), then ``repeats`` interleaved timings of
     (a) and (b), medians."""
     device = torch.device(device_name)
-    potential, params, store = prepare(n_snapshots, model, checkpoint, device, chunk_size, threads)
+    potential, params, store, search_s = prepare(n_snapshots, model, checkpoint, device, chunk_size, threads)
     store_MB = sum(t.numel() * t.element_size() for t in [
         store.positions, store.cells, store.reference_energies, store.observables["rdf"]]) / 2**20
+    cache_MB = 0.0 if store.pair_cache is None else store.pair_cache.nbytes / 2**20
     peak = peak_memory_MB(lambda: update(potential, store, params, chunk_size, device), device)
-    updates, baselines = [], []
-    for _ in range(repeats):  # interleaved, so slow drifts of a shared machine hit both alike
+    updates, searching, baselines, listed = [], [], [], []
+    for _ in range(repeats):  # interleaved, so slow drifts of a shared machine hit all alike
         updates.append(update(potential, store, params, chunk_size, device))
+        searching.append(update(potential, store, params, chunk_size, device, cached=False))
         baselines.append(forward_backward(potential, store, params, chunk_size, device))
+        listed.append(forward_backward(potential, store, params, chunk_size, device, cached=True))
 
     def median(runs, key):
         return statistics.median(run[key] for run in runs)
@@ -78,7 +82,9 @@ def measure_time(n_snapshots: int, model: str, checkpoint: str | None, device_na
     return {
         "n": n_snapshots, "atoms": int(store.numbers.numel()), "store_MB": store_MB,
         "peak_default_malloc_MB": peak,
+        "pair_cache_MB": cache_MB, "pair_search_s": search_s,
         "update_s": median(updates, "total"), "fwd_bwd_s": median(baselines, "total"),
+        "update_searching_s": median(searching, "total"), "fwd_bwd_listed_s": median(listed, "total"),
         "update_phases_s": {k: median(updates, k)
                             for k in ("fwd_nograd", "fwd_graph", "bwd_and_loss", "neighbours")},
         "baseline_phases_s": {k: median(baselines, k) for k in ("fwd", "bwd", "neighbours")},

@@ -25,6 +25,7 @@ with these same conventions; :func:`evaluate` then uses it instead of a second b
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +48,41 @@ def takes_pairs(potential) -> bool:
         return "pairs" in inspect.signature(getattr(potential, "forward", potential)).parameters
     except (TypeError, ValueError):
         return False
+
+
+def pair_list_request(potential) -> tuple[float, bool] | None:
+    """(cut-off Å, full list?) if ``potential``'s forward takes a precomputed ``pairs=`` list and
+    states its cut-off (``cutoff_A`` or ``r_max_A``); None otherwise. LennardJones takes a half
+    list, any other potential gets a full one."""
+    from difftre_torch.potentials.analytic import LennardJones
+
+    cutoff = getattr(potential, "cutoff_A", None) or getattr(potential, "r_max_A", None)
+    if not takes_pairs(potential) or cutoff is None:
+        return None
+    return float(cutoff), not isinstance(potential, LennardJones)
+
+
+class WithPairs:
+    """``potential`` bound to a precomputed pair list of the snapshots it will be called on: the
+    contract's ``energy = potential(positions, cell, numbers)``, with ``pairs=`` added. Any other
+    attribute is the potential's own; its ``evaluate_native`` gets the list too where it takes one.
+
+    The list holds integer cell shifts, so it stays exact for the strained copies
+    :func:`evaluate` makes (ε = 0 there; only derivatives are taken).
+    """
+
+    def __init__(self, potential, pairs) -> None:
+        self.potential = potential
+        self.pairs = pairs
+
+    def __call__(self, positions: torch.Tensor, cell: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        return self.potential(positions, cell, numbers, pairs=self.pairs)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.potential, name)
+        if name == "evaluate_native" and "pairs" in inspect.signature(attr).parameters:
+            return functools.partial(attr, pairs=self.pairs)
+        return attr
 
 
 @dataclass

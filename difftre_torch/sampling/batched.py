@@ -83,7 +83,7 @@ from difftre_torch.neighbors import (
     verlet_list_is_stale,
 )
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
-from difftre_torch.potentials.base import Potential, takes_pairs
+from difftre_torch.potentials.base import Potential, pair_list_request
 from difftre_torch.sampling.integrators import (
     LangevinParameters,
     LangevinState,
@@ -98,18 +98,6 @@ from difftre_torch.sampling.integrators import (
 from difftre_torch.sampling.base import RawSamples, SamplerConfig, StatePoint, owned_replicas, progress_bar
 from difftre_torch.sampling.blowups import bad_start, blow_up_reasons, too_many_blow_ups
 from difftre_torch.sampling.noise import ReplicaNoise, replica_seed
-
-
-def pair_list_request(potential: Potential) -> tuple[float, bool] | None:
-    """(cut-off Å, full list?) if ``potential``'s forward takes a precomputed ``pairs=`` list and
-    states its cut-off (``cutoff_A`` or ``r_max_A``); None otherwise. LennardJones takes a half
-    list, any other potential gets a full one."""
-    from difftre_torch.potentials.analytic import LennardJones
-
-    cutoff = getattr(potential, "cutoff_A", None) or getattr(potential, "r_max_A", None)
-    if not takes_pairs(potential) or cutoff is None:
-        return None
-    return float(cutoff), not isinstance(potential, LennardJones)
 
 
 @dataclass

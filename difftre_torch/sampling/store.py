@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from ase import units
 
+from difftre_torch.neighbors import PairCache
+
 
 @dataclass
 class SnapshotStore:
@@ -26,6 +28,8 @@ class SnapshotStore:
     observables: θ-independent per-snapshot observables, name → [S, ...] (computed once).
     replica: [S] int64, index of the replica (trajectory) that produced each snapshot.
     name: the state point's label (e.g. ``"T300_P0"``).
+    pair_cache: the snapshots' pair lists once a pass has searched them
+        (:func:`difftre_torch.pair_reuse.store_pairs`); not saved in checkpoints (searched again).
     """
 
     numbers: torch.Tensor
@@ -37,6 +41,8 @@ class SnapshotStore:
     observables: dict[str, torch.Tensor] = field(default_factory=dict)
     replica: torch.Tensor | None = None
     name: str = "state0"
+    pair_cache: PairCache | None = field(default=None, init=False, repr=False, compare=False)
+    pair_cache_refused: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s, n = self.positions.shape[:2]
