@@ -119,26 +119,36 @@ class PairCache:
     shifts: torch.Tensor
 
     @classmethod
-    def build(cls, positions: torch.Tensor, cell: torch.Tensor, cutoff_A: float, full: bool) -> "PairCache":
-        """Search positions [S, N, 3] Å in cells [S, 3, 3] Å (rows), one snapshot at a time
-        (vesin's int64 output is one snapshot's only)."""
+    def build(cls, positions: torch.Tensor, cell: torch.Tensor, cutoff_A: float, full: bool,
+              group: int = 64) -> "PairCache":
+        """Search positions [S, N, 3] Å in cells [S, 3, 3] Å (rows), one snapshot at a time.
+        Each ``group`` of snapshots is packed into one block before the next is searched, so the
+        many small per-snapshot tensors never outnumber one group's: interleaved with the kept
+        pieces they would leave the heap fragmented in proportion to S (measured: the update's
+        peak RSS then grew with the number of snapshots)."""
         from vesin.torch import NeighborList
 
         search = NeighborList(cutoff=float(cutoff_A), full_list=full)
         pos, box = positions.detach(), cell.detach()
-        counts, first, second, shifts = [0], [], [], []
-        for b in range(pos.shape[0]):
-            i, j, s = search.compute(points=pos[b], box=box[b], periodic=True, quantities="ijS")
-            if s.numel() and int(s.abs().max()) > torch.iinfo(torch.int16).max:
-                raise ValueError(f"PairCache: a cell shift beyond the int16 range (cut-off {cutoff_A} Å "
-                                 "against a cell far smaller)")
-            counts.append(int(i.shape[0]))
-            first.append(i.to(torch.int32))
-            second.append(j.to(torch.int32))
-            shifts.append(s.to(torch.int16))
+        counts, blocks = [0], []
+        for start in range(0, pos.shape[0], group):
+            first, second, shifts = [], [], []
+            for b in range(start, min(start + group, pos.shape[0])):
+                i, j, s = search.compute(points=pos[b], box=box[b], periodic=True, quantities="ijS")
+                if s.numel() and int(s.abs().max()) > torch.iinfo(torch.int16).max:
+                    raise ValueError(f"PairCache: a cell shift beyond the int16 range (cut-off {cutoff_A} Å "
+                                     "against a cell far smaller)")
+                counts.append(int(i.shape[0]))
+                first.append(i)
+                second.append(j)
+                shifts.append(s)
+            blocks.append((torch.cat(first).to(torch.int32), torch.cat(second).to(torch.int32),
+                           torch.cat(shifts).to(torch.int16)))
+            del first, second, shifts
         return cls(cutoff_A=float(cutoff_A), full=full,
                    offsets=torch.tensor(counts, dtype=torch.int64).cumsum(0),
-                   i=torch.cat(first), j=torch.cat(second), shifts=torch.cat(shifts))
+                   i=torch.cat([b[0] for b in blocks]), j=torch.cat([b[1] for b in blocks]),
+                   shifts=torch.cat([b[2] for b in blocks]))
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
