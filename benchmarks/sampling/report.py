@@ -61,7 +61,13 @@ def verdict(rows: list[dict], device: torch.device) -> str:
             best_compiled = max(fast, key=lambda row: row["replica_steps_s"])
             lines.append(f"  compiled (AOTInductor): best R = {best_compiled['R']}: "
                          f"{best_compiled['vs_ase']:.1f}× ASE, "
-                         f"{best_compiled['vs_eager']:.2f}× the eager batched sampler at that R.")
+                         f"{best_compiled['vs_eager']:.2f}× the eager batched sampler at that R"
+                         + (f", {100 * best_compiled['vs_limit']:.0f} % of the compiled model's own limit "
+                            f"({best_compiled['limit_replica_steps_s'] * best_compiled['atoms']:.3g} "
+                            f"atom-steps/s)." if "vs_limit" in best_compiled else "."))
+            if device.type != "cpu" and "vs_limit" in best_compiled:
+                lines.append(f"  GPU target: batched, compiled ≥ 90 % of the compiled model's limit at the "
+                             f"best R: {'met' if best_compiled['vs_limit'] >= 0.9 else 'NOT met'}.")
         if device.type == "cpu":
             eight = [row for row in batched if row["R"] >= 8]
             if eight:
@@ -90,8 +96,9 @@ def section(blocks: list[tuple[str, list[dict]]], args, device: torch.device, no
         snapshots with a precomputed exact neighbour list). Rates from the second of two `sample`
         rounds (the first warms up), each sized to ~{args.seconds:g} s, snapshots and checks
         included; limit: mean over back-to-back calls. batched/ASE compares replica-steps/s;
-        batched/limit = limit time per call / batched time per step. Shares: fraction of the
-        batched step's wall time inside the model call and inside neighbour-list upkeep.
+        batched/limit = limit time per call / batched time per step; the compiled rows' limit is
+        the compiled model's own. Shares: fraction of the batched step's wall time inside the
+        model call and inside neighbour-list upkeep.
 
         - date: {now_text()}
         - machine: {machine_description(device, args.threads)}
