@@ -150,6 +150,19 @@ class PairCache:
                    i=torch.cat([b[0] for b in blocks]), j=torch.cat([b[1] for b in blocks]),
                    shifts=torch.cat([b[2] for b in blocks]))
 
+    @classmethod
+    def concatenate(cls, caches: list["PairCache"]) -> "PairCache | None":
+        """One cache of the snapshots of ``caches`` in order (a merged store's), or None unless
+        every one is present with the same cut-off and list kind."""
+        if not caches or any(c is None for c in caches) or \
+                len({(c.cutoff_A, c.full) for c in caches}) != 1:
+            return None
+        counts = torch.cat([c.offsets[1:] - c.offsets[:-1] for c in caches])
+        return cls(cutoff_A=caches[0].cutoff_A, full=caches[0].full,
+                   offsets=torch.cat([counts.new_zeros(1), counts]).cumsum(0),
+                   i=torch.cat([c.i for c in caches]), j=torch.cat([c.j for c in caches]),
+                   shifts=torch.cat([c.shifts for c in caches]))
+
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
 

@@ -66,6 +66,16 @@ def test_cache_gives_the_pairs_of_a_fresh_search(full):
         cache.pairs(slice(0, 6, 2), pos.dtype)
 
 
+def test_merged_cache_equals_one_search_of_the_merged_snapshots():
+    pos, cells, _ = _snapshots(7)
+    parts = [PairCache.build(pos[:3], cells[:3], 4.5, True), PairCache.build(pos[3:], cells[3:], 4.5, True)]
+    merged, whole = PairCache.concatenate(parts), PairCache.build(pos, cells, 4.5, True)
+    for name in ("offsets", "i", "j", "shifts"):
+        assert torch.equal(getattr(merged, name), getattr(whole, name))
+    assert PairCache.concatenate([parts[0], None]) is None
+    assert PairCache.concatenate([parts[0], PairCache.build(pos[3:], cells[3:], 4.0, True)]) is None
+
+
 def test_bound_potential_gives_the_same_energy_forces_and_stress():
     pos, cells, z = _snapshots()
     pot = _potential()

@@ -35,6 +35,7 @@ import torch
 
 from difftre_torch.distributed import SINGLE, Ranks
 from difftre_torch.multistate import free_energies, mixture_reference, reduced_matrix, weight_shares
+from difftre_torch.neighbors import PairCache
 from difftre_torch.reweighting import boltzmann_weights
 from difftre_torch.sampling.store import SnapshotStore
 
@@ -194,7 +195,7 @@ class SnapshotPool:
         first = self.trajectories[0]
         reference = self._reference()
         keys = list(first.observables)
-        return SnapshotStore(
+        merged = SnapshotStore(
             numbers=first.numbers,
             positions=torch.cat([t.positions for t in self.trajectories]),
             cells=torch.cat([t.cells for t in self.trajectories]),
@@ -205,6 +206,8 @@ class SnapshotPool:
             replica=torch.cat([t.replica for t in self.trajectories]),
             name=first.name,
         )
+        merged.pair_cache = PairCache.concatenate([t.pair_cache for t in self.trajectories])
+        return merged
 
     # ------------------------------------------------------------------ checkpoints
 
