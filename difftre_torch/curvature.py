@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from difftre_torch.experiment.target import Target
 from difftre_torch.gradient import ChunkFn
 from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, chunk_calls, store_pairs
-from difftre_torch.experiment.target import Target
 from difftre_torch.sampling.store import SnapshotStore
 
 if TYPE_CHECKING:

@@ -206,6 +206,7 @@ class SnapshotPool:
             replica=torch.cat([t.replica for t in self.trajectories]),
             name=first.name,
         )
+        # the trajectories' pair lists, copied like their positions (no second search)
         merged.pair_cache = PairCache.concatenate([t.pair_cache for t in self.trajectories])
         return merged
 
