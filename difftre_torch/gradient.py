@@ -18,7 +18,9 @@ potential's graph for all N snapshots at once. Instead:
 Peak memory is one chunk's graph plus O(N) scalars; the result equals the one-shot gradient
 (tested). Costs: two forward passes and one backward pass per snapshot; a potential that takes a
 precomputed pair list searches each store's snapshots once, not in every pass
-(:mod:`difftre_torch.pair_reuse`).
+(:mod:`difftre_torch.pair_reuse`). Step 1 needs no pass where its outputs are at hand
+(``forward=``): right after sampling at θ the energies are the store's reference energies, and
+a caller that reweighted at θ to decide whether to sample again has them too.
 
 Across several ranks (``ranks``, :mod:`difftre_torch.distributed`) each rank passes its own
 snapshots; the weights, the averages in the loss and N_eff are global (all-reduced), step 2 gives
@@ -75,6 +77,37 @@ class GradientResult:
     values: list[dict[str, torch.Tensor]]
 
 
+def forward_outputs(potential: Potential, stores: Sequence[SnapshotStore], *,
+                    chunk_fn: ChunkFn = energy_only, chunk_size: int = 64,
+                    pair_cache_mb: float = DEFAULT_LIMIT_MB,
+                    known: Sequence[dict[str, torch.Tensor] | None] | None = None
+                    ) -> list[dict[str, torch.Tensor]]:
+    """Step 1: ``chunk_fn``'s outputs at the current θ for every snapshot of each store, without
+    a graph (detached; ``"energy"`` [S_k] eV and any θ-dependent observables [S_k, ...]).
+
+    ``known``: per store, outputs already at hand for the current θ, used as they are instead of
+    a pass (for example U_θ(S_i) of a store just filled at θ, which are its reference energies),
+    or None for a store to pass over. They must hold every key ``chunk_fn`` returns for it.
+    """
+    known = [None] * len(stores) if known is None else list(known)
+    if len(known) != len(stores):
+        raise ValueError(f"forward_outputs: {len(known)} known outputs for {len(stores)} stores")
+    outs = []
+    for store, given in zip(stores, known):
+        if given is None:
+            given = _forward_all(potential, store, chunk_fn, chunk_size, pair_cache_mb)
+        _check_outputs(store, given)
+        outs.append({k: v.detach() for k, v in given.items()})
+    return outs
+
+
+def _check_outputs(store: SnapshotStore, out: dict[str, torch.Tensor]) -> None:
+    if "energy" not in out or out["energy"].shape != (len(store),):
+        shape = None if "energy" not in out else tuple(out["energy"].shape)
+        raise ValueError(f"store {store.name!r}: the outputs at θ need 'energy' of shape ({len(store)},), "
+                         f"got {shape}")
+
+
 def _forward_all(potential: Potential, store: SnapshotStore, chunk_fn: ChunkFn,
                  chunk_size: int, pair_cache_mb: float) -> dict[str, torch.Tensor]:
     outs: list[dict[str, torch.Tensor]] = []
@@ -96,6 +129,7 @@ def difftre_gradient(
     chunk_size: int = 64,
     ranks: Ranks | None = None,
     pair_cache_mb: float = DEFAULT_LIMIT_MB,
+    forward: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> GradientResult:
     """dL/dθ of the reweighted loss over ``stores`` (one per state point), chunked.
 
@@ -104,9 +138,19 @@ def difftre_gradient(
     its own snapshots in ``stores`` (module docstring); the result is the global one on each.
     ``pair_cache_mb``: each store's pair lists are searched once and reused by both passes and by
     later updates over the same store, up to this size (:mod:`difftre_torch.pair_reuse`).
+    ``forward``: step 1's outputs at the current θ (:func:`forward_outputs`) where the caller has
+    them already, e.g. from deciding whether to sample again; then only step 3 passes over the
+    snapshots.
     """
     params = list(params)
-    forward = [_forward_all(potential, store, chunk_fn, chunk_size, pair_cache_mb) for store in stores]
+    if forward is None:
+        forward = forward_outputs(potential, stores, chunk_fn=chunk_fn, chunk_size=chunk_size,
+                                  pair_cache_mb=pair_cache_mb)
+    elif len(forward) != len(stores):
+        raise ValueError(f"difftre_gradient: {len(forward)} forward outputs for {len(stores)} stores")
+    else:
+        for store, out in zip(stores, forward):
+            _check_outputs(store, out)
 
     # Step 2: the loss on detached leaves gives the per-snapshot cotangents.
     leaves: list[dict[str, torch.Tensor]] = []
@@ -165,12 +209,15 @@ class Reweighted:
 
 def reweight(potential: Potential, stores: Sequence[SnapshotStore], *,
              chunk_fn: ChunkFn = energy_only, chunk_size: int = 64, ranks: Ranks | None = None,
-             pair_cache_mb: float = DEFAULT_LIMIT_MB) -> Reweighted:
+             pair_cache_mb: float = DEFAULT_LIMIT_MB,
+             known: Sequence[dict[str, torch.Tensor] | None] | None = None) -> Reweighted:
     """Forward pass only: w_i(θ), N_eff and the per-snapshot observables at the current θ
-    (``ranks``: this rank's slice of the global weights, global N_eff)."""
+    (``ranks``: this rank's slice of the global weights, global N_eff; ``known``: as in
+    :func:`forward_outputs`)."""
     weights, n_eff, values = [], [], []
-    for store in stores:
-        out = _forward_all(potential, store, chunk_fn, chunk_size, pair_cache_mb)
+    outs = forward_outputs(potential, stores, chunk_fn=chunk_fn, chunk_size=chunk_size,
+                           pair_cache_mb=pair_cache_mb, known=known)
+    for store, out in zip(stores, outs):
         w = boltzmann_weights(out["energy"], store.reference_energies, store.kT_eV, ranks)
         weights.append(w)
         n_eff.append(float(effective_sample_size(w, ranks)))

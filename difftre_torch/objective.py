@@ -90,12 +90,18 @@ def fill_store(name: str, positions: torch.Tensor, cells: torch.Tensor, numbers:
     return store
 
 
+def theta_dependent(grouped: dict[str, list[Target]], point: str) -> list[Target]:
+    """The targets of state point ``point`` whose per-snapshot values depend on θ (pressure,
+    stress); with none, :func:`make_chunk_fn`'s function returns the energy alone there."""
+    return [t for t in grouped.get(point, []) if spec(t).depends_on_theta]
+
+
 def make_chunk_fn(grouped: dict[str, list[Target]]):
     """The chunk function for :func:`~difftre_torch.gradient.difftre_gradient`: energy [b] eV,
     plus the θ-dependent observables of the store's state point from one stress evaluation."""
 
     def chunk_fn(potential, positions, cells, numbers, store: SnapshotStore, create_graph: bool):
-        theta_targets = [t for t in grouped.get(store.name, []) if spec(t).depends_on_theta]
+        theta_targets = theta_dependent(grouped, store.name)
         if not theta_targets:
             return {"energy": potential(positions, cells, numbers)}
         ev = evaluate(potential, positions, cells, numbers, forces=False, stress=True,

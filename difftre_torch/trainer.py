@@ -72,17 +72,17 @@ from difftre_torch.curvature import (LevenbergMarquardt, Trial, flat, parameter_
 from difftre_torch.distributed import SINGLE, Ranks, replica_share
 from difftre_torch.experiment.target import Target
 from difftre_torch.force_matching import ReferenceFrames, force_matching_gradient, sample_minibatch
-from difftre_torch.gradient import difftre_gradient, reweight
+from difftre_torch.gradient import difftre_gradient, forward_outputs, reweight
 from difftre_torch.monitor import history_figure, save_figure, scalar_parameters, target_figure
 from difftre_torch.objective import (assign_targets, fill_store, make_chunk_fn, make_loss_fn, reference_energies,
-                                     reweighted_predictions)
+                                     reweighted_predictions, theta_dependent)
 from difftre_torch.observables.thermo import lattice_lengths, pressure
 from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB, chunk_calls, store_pairs
 from difftre_torch.potentials.ase_calculator import potential_device_dtype
 from difftre_torch.potentials.base import Potential, parameters_at
 from difftre_torch.potentials.io import save_potential
 from difftre_torch.records import RunSummary, UpdateRecord
-from difftre_torch.reweighting import reweighted_mean
+from difftre_torch.reweighting import boltzmann_weights, effective_sample_size, reweighted_mean
 from difftre_torch.sampling.base import Sampler, SamplerConfig, StatePoint
 from difftre_torch.sampling.pool import RETENTION_RULES, SnapshotPool
 from difftre_torch.sampling.sampler import AseSampler
@@ -305,6 +305,7 @@ class DiffTReTrainer:
         self.chunk_fn = make_chunk_fn(self.grouped)
         self.loss_fn = make_loss_fn(self.grouped, self.point_names, ranks)
         self.stores: list[SnapshotStore] | None = None  # per state point: the pool's merged store
+        self._known: tuple[list[torch.Tensor], list[dict | None]] | None = None  # (θ, outputs at θ) after a sample
         self.pools: list[SnapshotPool] | None = None
         self.sizes: list[int] = []  # snapshots per state point over every rank, of the newest trajectory
         self.rounds_sampled = 0
@@ -362,7 +363,32 @@ class DiffTReTrainer:
         self.rounds_sampled += 1
         self.stores = [pool.merged for pool in self.pools]
         self.sizes = [self.sample_stats[s.name]["snapshots"] for s in stores]
+        known = [{"energy": pool.newest_energies()} if not theta_dependent(self.grouped, store.name) else None
+                 for pool, store in zip(self.pools, self.stores)]
+        self._known = ([p.detach().clone() for p in self.params], known)
         return time.perf_counter() - t0
+
+    def _known_outputs(self) -> list[dict | None] | None:
+        """The stores' outputs at θ known since the last sample (the energies at the parameters
+        it sampled with, where no target depends on θ), if θ has not moved since; else None."""
+        if self._known is None:
+            return None
+        theta, known = self._known
+        if len(theta) != len(self.params) or not all(torch.equal(t, p.detach()) for t, p in zip(theta, self.params)):
+            self._known = None
+            return None
+        return known
+
+    def _forward(self) -> list[dict[str, torch.Tensor]]:
+        """Step 1 of the gradient at the current θ over the current stores (no graph)."""
+        return forward_outputs(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size,
+                               pair_cache_mb=self.config.pair_cache_mb, known=self._known_outputs())
+
+    def _n_eff(self, forward: Sequence[dict[str, torch.Tensor]]) -> list[float]:
+        """N_eff per state point of the stores reweighted to θ from step 1's energies."""
+        return [float(effective_sample_size(boltzmann_weights(out["energy"], store.reference_energies,
+                                                              store.kT_eV, self.ranks), self.ranks))
+                for store, out in zip(self.stores, forward)]
 
     def _energies_at(self, store: SnapshotStore, theta: Sequence[torch.Tensor] | None) -> torch.Tensor:
         """U(S_j) [S] eV of a store's snapshots at parameters ``theta`` (None: the current ones);
@@ -412,16 +438,15 @@ class DiffTReTrainer:
         resampled = False
         if self.stores is None:
             sample_s += self._sample()
-        result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks,
-                                  pair_cache_mb=cfg.pair_cache_mb)
-        if self._stale(result.n_eff):
+        forward = self._forward()
+        if self._stale(self._n_eff(forward)):
             sample_s += self._sample()
             resampled = True
             self.resamples += 1
-            result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
-                                      chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks,
-                                      pair_cache_mb=cfg.pair_cache_mb)
+            forward = self._forward()
+        result = difftre_gradient(self.potential, self.stores, self.loss_fn, self.params,
+                                  chunk_fn=self.chunk_fn, chunk_size=cfg.chunk_size, ranks=self.ranks,
+                                  pair_cache_mb=cfg.pair_cache_mb, forward=forward)
         values = [{**s.observables, **v} for s, v in zip(self.stores, result.values)]
         labels = [block_labels(store, pool.segments, cfg.noise_blocks, point.replicas)
                   for store, pool, point in zip(self.stores, self.pools, self.state_points)]
@@ -649,6 +674,7 @@ class DiffTReTrainer:
         file, read from ``ranks/`` beside the checkpoint."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        self._known = None
         written_by = int(state.get("world_size", 1))
         if written_by != self.ranks.world_size:
             raise ValueError(f"{self.checkpoint_path}: written by a run on {written_by} rank(s), this run has "
@@ -784,7 +810,7 @@ class DiffTReTrainer:
     def evaluate_targets(self) -> tuple[dict[str, torch.Tensor], dict[str, float], list[float]]:
         """⟨O_k⟩ at the current θ over the current stores; (predictions, loss parts, N_eff)."""
         rw = reweight(self.potential, self.stores, chunk_fn=self.chunk_fn, chunk_size=self.config.chunk_size,
-                      pair_cache_mb=self.config.pair_cache_mb, ranks=self.ranks)
+                      pair_cache_mb=self.config.pair_cache_mb, ranks=self.ranks, known=self._known_outputs())
         with torch.no_grad():
             total, parts = self.loss_fn(rw.weights, rw.values)
         predictions = reweighted_predictions(rw.weights, rw.values, self.grouped, self.point_names, self.ranks)

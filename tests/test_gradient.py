@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from difftre_torch.gradient import difftre_gradient
+from difftre_torch.gradient import difftre_gradient, forward_outputs, reweight
 from difftre_torch.loss import observable_loss
 from difftre_torch.observables import partial_rdfs
 from difftre_torch.observables.thermo import pressure
@@ -115,10 +115,62 @@ def test_chunked_equals_one_shot_and_weights_uniform_at_reference():
     assert chunked.loss.item() == pytest.approx(one_shot.loss.item(), rel=1e-14)
 
 
+class _Passes:
+    """A chunk function that records each call's (create_graph, snapshots)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, potential, positions, cells, numbers, store, create_graph):
+        self.calls.append((create_graph, positions.shape[0]))
+        return _chunk_fn(potential, positions, cells, numbers, store, create_graph)
+
+
+def test_given_step_one_outputs_replace_the_graph_free_pass_and_change_no_number():
+    """Step 1's outputs handed in (``forward=``, as the trainer does after deciding whether to
+    sample again) give the same loss and gradient bit for bit, and the update then passes over
+    the snapshots once, with a graph."""
+    lj = LennardJones(3.4, 0.0104, 7.0)
+    store = _store(lj, n_snapshots=10, seed=5)
+    loss_fn = _loss_fn(*_targets(store))
+    with torch.no_grad():
+        lj.sigma.fill_(3.45)
+    params = [lj.sigma, lj.epsilon]
+    plain = difftre_gradient(lj, [store], loss_fn, params, chunk_fn=_chunk_fn, chunk_size=4)
+    passes = _Passes()
+    forward = forward_outputs(lj, [store], chunk_fn=passes, chunk_size=4)
+    assert passes.calls == [(False, 4), (False, 4), (False, 2)]
+    passes.calls.clear()
+    given = difftre_gradient(lj, [store], loss_fn, params, chunk_fn=passes, chunk_size=4, forward=forward)
+    assert passes.calls == [(True, 4), (True, 4), (True, 2)]
+    assert torch.equal(given.loss, plain.loss)
+    assert all(torch.equal(a, b) for a, b in zip(given.grads, plain.grads))
+    assert float(plain.grads[0].abs()) > 0
+    # known outputs for one store: no pass over it at all
+    passes.calls.clear()
+    rw = reweight(lj, [store], chunk_fn=passes, chunk_size=4, known=forward)
+    assert passes.calls == []
+    torch.testing.assert_close(rw.weights[0], plain.weights[0], rtol=0, atol=0)
+
+
+def test_step_one_outputs_of_the_wrong_length_are_refused():
+    lj = LennardJones(3.4, 0.0104, 7.0)
+    store = _store(lj, n_snapshots=6)
+    store.name = "T120"
+    loss_fn = _loss_fn(*_targets(store))
+    short = {"energy": store.reference_energies[:5], "pressure": torch.zeros(5, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"store 'T120'.*'energy' of shape \(6,\), got \(5,\)"):
+        difftre_gradient(lj, [store], loss_fn, [lj.sigma], chunk_fn=_chunk_fn, forward=[short])
+    with pytest.raises(ValueError, match="2 forward outputs for 1 stores"):
+        difftre_gradient(lj, [store], loss_fn, [lj.sigma], chunk_fn=_chunk_fn, forward=[short, short])
+    with pytest.raises(ValueError, match="store 'T120'"):
+        reweight(lj, [store], chunk_fn=_chunk_fn, known=[{"pressure": short["pressure"]}])
+
+
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from difftre_torch.gradient import difftre_gradient
+    from difftre_torch.gradient import difftre_gradient, forward_outputs, reweight
     from difftre_torch.reweighting import reweighted_mean
     from difftre_torch.sampling.store import SnapshotStore
     torch.manual_seed(0)

@@ -76,6 +76,9 @@ def test_matrix_and_reference_match_a_direct_evaluation():
                                torch.softmax(log_w, 0), rtol=1e-10, atol=1e-14)
     assert pool.segments.tolist() == [0] * 200 + [1] * 200 + [2] * 200
     assert pool.size == 600
+    # the merged snapshots' energies at the newest θ (what the first update after a sample uses)
+    torch.testing.assert_close(pool.newest_energies(), 0.5 * 2.5 * r2, rtol=1e-14, atol=1e-14)
+    assert pool.newest_energies().dtype == merged.reference_energies.dtype
 
 
 def test_capacity_one_is_todays_store():
@@ -84,6 +87,7 @@ def test_capacity_one_is_todays_store():
     first = trajectory(potential, 50, 0)
     pool.add(first, [potential.stiffness], energy_fn_of(potential), 0)
     assert pool.merged is first
+    assert pool.newest_energies() is first.reference_energies
     second = trajectory(potential, 50, 1)
     assert pool.add(second, [potential.stiffness], energy_fn_of(potential), 1) == [0]
     assert pool.merged is second and len(pool) == 1

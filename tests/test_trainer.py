@@ -248,16 +248,55 @@ class _Raises(Callback):
         raise KeyError("callback failed")
 
 
-def _small_trainer(out, callbacks=None, updates=2):
+def _small_trainer(out, callbacks=None, updates=2, **config):
     potential = LennardJones(3.3, 0.0104, 8.5)
     potential.epsilon.requires_grad_(False)
     return DiffTReTrainer(potential, _lj_fluid(), [StatePoint("T181", 181.0)],
                           [Target("rdf", "rdf", np.ones(20), x=np.arange(20) * 0.25 + 2.6)],
                           sampler_config=SamplerConfig(**{**LJ_SAMPLER, "snapshots_per_replica": 5,
                                                           "equilibration_steps": 20}),
-                          config=TrainerConfig(updates=updates, learning_rate=0.01, progress=False,
-                                               tensorboard=False, final_sample=False),
+                          config=TrainerConfig(**{**dict(updates=updates, learning_rate=0.01, progress=False,
+                                                         tensorboard=False, final_sample=False), **config}),
                           out_dir=out, callbacks=callbacks)
+
+
+def _record_passes(trainer):
+    """Replace the trainer's chunk function by one that records (create_graph, snapshots)."""
+    calls, inner = [], trainer.chunk_fn
+
+    def recorded(potential, positions, cells, numbers, store, create_graph):
+        calls.append((create_graph, positions.shape[0]))
+        return inner(potential, positions, cells, numbers, store, create_graph)
+    trainer.chunk_fn = recorded
+    return calls
+
+
+@pytest.mark.parametrize("resample_ratio", [1.0, 0.01])
+def test_an_update_passes_over_the_snapshots_only_as_often_as_it_must(tmp_path, resample_ratio):
+    """Right after a sample θ = θ̃, so the energies at θ are the store's reference energies: the
+    update makes only its gradient pass. Reusing a store it first reweights without a graph;
+    where that says to sample again (resample_ratio 1), it samples, and still makes one gradient
+    pass, not one over the stale store as well. The numbers equal a run that recomputes step 1."""
+    trainer = _small_trainer(tmp_path / "counted", updates=3, resample_ratio=resample_ratio)
+    calls = _record_passes(trainer)
+    per_update = []
+    for _ in range(3):
+        calls.clear()
+        trainer.step()
+        per_update.append((sum(n for graph, n in calls if not graph), sum(n for graph, n in calls if graph)))
+    n = trainer.sizes[0]
+    assert n > 0
+    resamples = 2 if resample_ratio == 1.0 else 0
+    assert trainer.resamples == resamples
+    # (snapshots passed without a graph, with a graph) per update
+    assert per_update == [(0, n), (n, n), (n, n)]
+    # the same run with step 1 always recomputed (nothing known after a sample) gives equal records
+    recomputed = _small_trainer(tmp_path / "recomputed", updates=3, resample_ratio=resample_ratio)
+    recomputed._known_outputs = lambda: None
+    for _ in range(3):
+        recomputed.step()
+    for a, b in zip(trainer.history, recomputed.history):
+        assert (a.loss, a.n_eff, a.grad_norm) == (b.loss, b.n_eff, b.grad_norm)
 
 
 def test_custom_callback_sees_every_record_and_changes_no_number(tmp_path):

@@ -56,10 +56,13 @@ class PhaseClock:
         return out
 
 
-def update(potential, store, params, chunk_size: int, device: torch.device, cached: bool = True) -> dict:
+def update(potential, store, params, chunk_size: int, device: torch.device, cached: bool = True,
+           forward: list | None = None) -> dict:
     """(a) one difftre_gradient call: seconds in all, per phase, and in neighbour lists.
     ``cached``: over the store's pair lists (searched when the store was filled, as in the
-    trainer); False: every pass searches (``pair_cache_mb=0``)."""
+    trainer); False: every pass searches (``pair_cache_mb=0``). ``forward``: step 1's outputs at
+    θ handed in, as the trainer hands them in right after a sample (the store's reference
+    energies) or after reweighting to decide whether to sample again."""
     from difftre_torch.gradient import difftre_gradient
     from difftre_torch.pair_reuse import DEFAULT_LIMIT_MB
 
@@ -69,7 +72,7 @@ def update(potential, store, params, chunk_size: int, device: torch.device, cach
     start = time.perf_counter()
     result = difftre_gradient(potential, [store], rdf_loss(store), params,
                               chunk_fn=clock.chunk_fn, chunk_size=chunk_size,
-                              pair_cache_mb=DEFAULT_LIMIT_MB if cached else 0.0)
+                              pair_cache_mb=DEFAULT_LIMIT_MB if cached else 0.0, forward=forward)
     sync(device)
     total = time.perf_counter() - start
     return {"total": total, **clock.seconds, "bwd_and_loss": total - sum(clock.seconds.values()),

@@ -29,14 +29,16 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     ref = rows[0]
-    lines = [f"| N | update s | fwd+bwd s | ratio | fwd+bwd over the cached lists s | ratio to it "
+    lines = [f"| N | update s | fwd+bwd s | ratio | update, step 1 at hand s | its ratio "
+             f"| fwd+bwd over the cached lists s | ratio to it "
              f"| update searching every pass s | its ratio | peak memory MB | growth vs N={ref['n']} % "
              f"| peak MB, default malloc | its growth % |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
             f"| {row['n']} | {row['update_s']:.3f} | {row['fwd_bwd_s']:.3f} | "
-            f"{row['update_s'] / row['fwd_bwd_s']:.2f} | {row['fwd_bwd_listed_s']:.3f} | "
+            f"{row['update_s'] / row['fwd_bwd_s']:.2f} | {row['update_given_s']:.3f} | "
+            f"{row['update_given_s'] / row['fwd_bwd_s']:.2f} | {row['fwd_bwd_listed_s']:.3f} | "
             f"{row['update_s'] / row['fwd_bwd_listed_s']:.2f} | {row['update_searching_s']:.3f} | "
             f"{row['update_searching_s'] / row['fwd_bwd_s']:.2f} | {row['peak_MB']:.1f} | "
             f"{_fmt(_growth(row['peak_MB'], ref['peak_MB']), '+.1f')} | "
@@ -64,8 +66,11 @@ def verdict(rows: list[dict]) -> str:
     worst_ratio = max(row["update_s"] / row["fwd_bwd_s"] for row in rows)
     worst_strict = max(row["update_s"] / row["fwd_bwd_listed_s"] for row in rows)
     worst_growth = max(abs(_growth(row["peak_MB"], rows[0]["peak_MB"]) or 0.0) for row in rows)
-    text = (f"Targets: update ≤ 1.3 × fwd+bwd — {'met' if worst_ratio <= 1.3 else 'NOT met'} "
-            f"(worst {worst_ratio:.2f}); against a fwd+bwd that also skips the search "
+    worst_given = max(row["update_given_s"] / row["fwd_bwd_s"] for row in rows)
+    text = (f"Targets: update ≤ 1.3 × fwd+bwd — reusing a store (step 1 computed) "
+            f"{'met' if worst_ratio <= 1.3 else 'NOT met'} (worst {worst_ratio:.2f}); right after a "
+            f"sample or a reweighting that decided on sampling (step 1 at hand) "
+            f"{'met' if worst_given <= 1.3 else 'NOT met'} (worst {worst_given:.2f}); against a fwd+bwd that also skips the search "
             f"{'met' if worst_strict <= 1.3 else 'NOT met'} (worst {worst_strict:.2f}); peak memory "
             f"flat within 10 % of N={rows[0]['n']} — "
             f"{'met' if worst_growth <= 10.0 else 'NOT met'} (worst {worst_growth:.1f} %).")
@@ -85,7 +90,10 @@ def section(rows: list[dict], args, model_text: str, device: torch.device, notes
         against one plain forward+backward pass over the same N snapshots (same chunks), and the
         peak memory of the update; fresh processes per N, after a two-chunk warm-up. The store is
         filled as the trainer fills it: each snapshot's pair list searched once ('its search s')
-        and reused by both passes of every update. Beside it, the same update searching in every
+        and reused by both passes of every update. 'Step 1 at hand': the same update handed the
+        energies at θ (computed once outside the clock), as the trainer hands them in right after
+        a sample (the store's reference energies) and after the reweighting that decides whether
+        to sample again. Beside it, the same update searching in every
         pass (as before the cache) and a fwd+bwd over the cached lists. Times: median of
         {args.repeats} interleaved runs, seconds.
 

@@ -84,6 +84,15 @@ class SnapshotPool:
             raise RuntimeError("SnapshotPool: empty (add a trajectory first)")
         return self._merged
 
+    def newest_energies(self) -> torch.Tensor:
+        """U_θK(S_j) [N] eV of every merged snapshot at the newest trajectory's parameters θK, in
+        the merged store's dtype and device (the newest row of the matrix; for K = 1 the
+        trajectory's reference energies)."""
+        merged = self.merged
+        if len(self) == 1:
+            return merged.reference_energies
+        return self.energies[-1].to(merged.reference_energies)
+
     @property
     def segments(self) -> torch.Tensor:
         """[N] int64: the position (0..K−1) in the pool of each merged snapshot's trajectory."""
