@@ -2,10 +2,11 @@
 # The GPU checks in one command, for a machine with a CUDA device (run from the repository root,
 # with difftre_torch's dependencies importable):
 #   1. tests/test_cuda.py: CUDA against CPU (observables, gradient, NequIP + correction), the
-#      batched sampler's ensemble and exact restore on the GPU, a trainer run there;
+#      batched sampler's ensemble (eager and compiled step) and exact restore on the GPU, the
+#      compiled step against the eager one, a trainer run there;
 #   2. python -m benchmarks.update (N = 100, 1000: with N = 10000 as well it outlasts the stage,
 #      measured on an H100) / benchmarks.sampling --device cuda, into a copy of
-#      benchmarks/RESULTS.md (sections "## update on CUDA", "## sampling on CUDA", and
+#      benchmarks/RESULTS.md (sampling with the compiled step as well; sections "## update on CUDA", "## sampling on CUDA", and
 #      "## sampling, DeePMD-kit on CUDA" where DeePMD-kit is installed);
 #   3. `difftre export lammps --compile-device cuda` of the NequIP base: nequip-compile for
 #      pair_nequip on the GPU (the file LAMMPS there would load);
@@ -41,10 +42,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $out/N
     python3 -c "import torch, nequip, ase, vesin.torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0)); print('nequip', nequip.__version__, 'ase', ase.__version__)"
 } >"$out/summary.txt" 2>&1
 
-stage test_cuda 180 python3 -m pytest -q -rs tests/test_cuda.py
+stage test_cuda 240 python3 -m pytest -q -rs tests/test_cuda.py
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 stage bench_update 130 python3 -m benchmarks.update --device cuda --model nequip --sizes 100 1000 --out "$out/RESULTS.md"
-stage bench_sampling 130 python3 -m benchmarks.sampling --device cuda --model nequip lj --seconds 2 --out "$out/RESULTS.md"
+stage bench_sampling 150 python3 -m benchmarks.sampling --device cuda --model nequip lj --seconds 2 --compile-step --out "$out/RESULTS.md"
 if python3 -c "import deepmd.pt" 2>/dev/null; then  # the deepmd extra: batched DeePMD frames on the GPU
     stage bench_sampling_deepmd 60 python3 -m benchmarks.sampling --device cuda --model deepmd --seconds 2 --out "$out/RESULTS.md"
 fi

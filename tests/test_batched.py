@@ -1,7 +1,9 @@
 """Batched replica sampler: ensembles (harmonic ⟨x²⟩ and T, ideal-gas NPT Gamma law), a second
 implementation (ASE's LangevinBAOAB step for step; the ASE sampler's LJ RDF in NVT and, slow,
 ⟨V⟩, Var V and RDF in NPT), exact restore, per-replica blow-up recovery, batch independence,
-Verlet lists, and a trainer run.
+Verlet lists, and a trainer run. The statistical tests run the eager step and, marked slow, the
+compiled one with the flags read at the checks only (``compile_step``, ``deferred_checks``); fast
+tests hold each to the eager trajectory.
 
 Statistical tolerances are z-scores against error bars computed in the test (the standard error
 of the mean from 20 block means); each test states its bound.
@@ -9,6 +11,8 @@ of the mean from 20 block means); each test states its bound.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import math
 import warnings
@@ -66,11 +70,36 @@ def _lj() -> LennardJones:
 LJ = dict(timestep_fs=5.0, friction_per_fs=0.02, equilibration_steps=400, reequilibration_steps=100,
           snapshots_per_replica=40, stride=10, min_distance_A=1.5)
 
+STEPS = [pytest.param(False, id="eager"), pytest.param(True, id="compiled", marks=pytest.mark.slow)]
+"""The statistical tests' step: eager, flags read every step; or the GPU path, ``compile_step``
+and ``deferred_checks`` (marked slow: the compiled step's runs compile, tens of seconds)."""
+
+
+def step_settings(compiled: bool) -> dict:
+    """SamplerConfig fields of one of STEPS."""
+    return {"compile_step": compiled, "deferred_checks": compiled}
+
+
+@contextlib.contextmanager
+def compiled_graphs_made(compile_step: bool):
+    """With ``compile_step``: empties torch.compile's caches, then asserts that the block made
+    compiled graphs, so a silent fall-back to the eager step fails the test."""
+    if not compile_step:
+        yield
+        return
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    yield
+    assert counters["stats"]["unique_graphs"] > before, "the compiled step made no graph"
+
 
 # ----------------------------------------------------------------------------- ensembles
 
 
-def test_harmonic_x2_and_kinetic_temperature_per_replica():
+@pytest.mark.parametrize("compile_step", STEPS)
+def test_harmonic_x2_and_kinetic_temperature_per_replica(compile_step):
     """8 oscillators (k = 1 eV/Å², m = 12 amu), three temperatures × two replicas in one batch.
     Canonical with the centre of mass fixed: ⟨(x − a)²⟩ = (1 − 1/N) k_BT/k per component, and
     the kinetic temperature 2E_kin/((3N − 3)k_B) averages to T. Each within 4 standard errors."""
@@ -79,7 +108,7 @@ def test_harmonic_x2_and_kinetic_temperature_per_replica():
     atoms = Atoms(f"C{n}", positions=grid, cell=np.eye(3) * 8.0, pbc=True)
     temperatures = [100.0, 300.0, 900.0]
     config = SamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, equilibration_steps=500,
-                           snapshots_per_replica=2000, stride=5, min_distance_A=0.1)
+                           snapshots_per_replica=2000, stride=5, min_distance_A=0.1, **step_settings(compile_step))
     sampler = BatchedSampler(atoms, [StatePoint(f"T{t:.0f}", t, replicas=2) for t in temperatures], config)
     masses = torch.tensor(atoms.get_masses())
     kinetic = []  # [R] every stride-th production step, from the hook
@@ -90,7 +119,8 @@ def test_harmonic_x2_and_kinetic_temperature_per_replica():
         if steps[0] > config.equilibration_steps and steps[0] % config.stride == 0:
             kinetic.append(kinetic_temperature_K(s.state.momenta, masses).numpy())
 
-    out = sampler.sample(HarmonicOscillators(torch.tensor(grid), k), on_step=record_temperature)
+    with compiled_graphs_made(compile_step):
+        out = sampler.sample(HarmonicOscillators(torch.tensor(grid), k), on_step=record_temperature)
     kinetic = np.array(kinetic)  # [frames, R]; replicas 2p, 2p+1 belong to state point p
     for p, (raw, temperature) in enumerate(zip(out, temperatures)):
         d = (raw.positions - torch.tensor(grid)).numpy()
@@ -103,7 +133,8 @@ def test_harmonic_x2_and_kinetic_temperature_per_replica():
         assert raw.stats["kinetic_temperature_K"] == pytest.approx(temperature, rel=8 * t_error)
 
 
-def test_npt_ideal_gas_volume_is_gamma_distributed():
+@pytest.mark.parametrize("compile_step", STEPS)
+def test_npt_ideal_gas_volume_is_gamma_distributed(compile_step):
     """Hydrostatic NPT of N = 8 free particles, centre of mass fixed: p(V) ∝ V^(N−1) e^(−PV/k_BT),
     so ⟨V⟩ = N k_BT/P and ⟨V²⟩ = (N + N²)(k_BT/P)² (the ASE sampler's test of the same law).
     Two state points (300 K at 1 GPa, 600 K at 2 GPa), four replicas each, in one batch;
@@ -116,9 +147,11 @@ def test_npt_ideal_gas_volume_is_gamma_distributed():
               StatePoint("T600_P2", 600.0, pressure_GPa=2.0, replicas=4)]
     config = SamplerConfig(timestep_fs=2.0, friction_per_fs=0.05, barostat_tau_fs=100.0,
                            hydrostatic=True, equilibration_steps=1000, snapshots_per_replica=700,
-                           stride=8, min_distance_A=0.0, max_volume_ratio=1e6)
+                           stride=8, min_distance_A=0.0, max_volume_ratio=1e6, **step_settings(compile_step))
     sampler = BatchedSampler(atoms, points, config)
-    for raw in sampler.sample(HarmonicOscillators(torch.zeros(n, 3, dtype=torch.float64), 0.0)):
+    with compiled_graphs_made(compile_step):
+        out = sampler.sample(HarmonicOscillators(torch.zeros(n, 3, dtype=torch.float64), 0.0))
+    for raw in out:
         point = raw.state_point
         scale = units.kB * point.temperature_K / (point.pressure_GPa * units.GPa)  # k_BT/P, Å³
         volume = torch.linalg.det(raw.cells).numpy() / scale
@@ -161,15 +194,24 @@ def _compare(a: np.ndarray, b: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
     return z
 
 
-def test_lj_rdf_matches_ase_sampler_nvt():
+@functools.lru_cache(maxsize=None)
+def _ase_lj_nvt():
+    """AseSampler's NVT LJ fluid at 181 K (2 replicas × 200 snapshots), once per test session."""
+    point = StatePoint("T181", 181.0, replicas=2)
+    return AseSampler(_lj_fluid(), [point], SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 1})).sample(_lj())[0]
+
+
+@pytest.mark.parametrize("compile_step", STEPS)
+def test_lj_rdf_matches_ase_sampler_nvt(compile_step):
     """NVT LJ fluid at 181 K: the RDF from the batched sampler (4 replicas) and from AseSampler
     (ASE Langevin, 2 replicas) agree bin by bin: mean z² ≤ 2 and every |z| < 4.5 over the
     informative bins (z from each sample's block errors)."""
-    atoms, point = _lj_fluid(), StatePoint("T181", 181.0, replicas=2)
-    ase_raw = AseSampler(atoms, [point], SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 1})).sample(_lj())[0]
-    batched = BatchedSampler(atoms, [StatePoint("T181", 181.0, replicas=4)],
-                             SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 2}))
-    raw = batched.sample(_lj())[0]
+    ase_raw = _ase_lj_nvt()
+    batched = BatchedSampler(_lj_fluid(), [StatePoint("T181", 181.0, replicas=4)],
+                             SamplerConfig(**{**LJ, "snapshots_per_replica": 200, "seed": 2,
+                                              **step_settings(compile_step)}))
+    with compiled_graphs_made(compile_step):
+        raw = batched.sample(_lj())[0]
     _, g_ase = _rdf(ase_raw)
     _, g_batched = _rdf(raw)
     z = _compare(g_batched, g_ase)
@@ -258,9 +300,22 @@ def test_step_equals_ase_langevin_baoab_given_the_same_noise(ensemble, monkeypat
         assert not np.allclose(atoms.cell.array, bulk("Ar", "fcc", a=5.30, cubic=True).repeat(2).cell.array)
 
 
+NPT_SETTINGS = dict(timestep_fs=5.0, friction_per_fs=0.02, barostat_tau_fs=300.0, equilibration_steps=300,
+                    snapshots_per_replica=1200, stride=5, min_distance_A=1.5)
+NPT_POINT = StatePoint("P", 40.0, pressure_GPa=0.1, replicas=4)
+
+
+@functools.lru_cache(maxsize=None)
+def _ase_lj_npt(hydrostatic: bool):
+    """AseSampler's NPT fcc LJ crystal (LangevinBAOAB), once per test session and cell kind."""
+    atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat(2)
+    return AseSampler(atoms, [NPT_POINT], SamplerConfig(**NPT_SETTINGS, hydrostatic=hydrostatic, seed=3)).sample(_lj())[0]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("compile_step", [pytest.param(False, id="eager"), pytest.param(True, id="compiled")])
 @pytest.mark.parametrize("hydrostatic", [False, True])
-def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic):
+def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic, compile_step):
     """NPT fcc LJ crystal at 40 K and 0.1 GPa (full cell, or hydrostatic), same settings, four
     replicas each: ⟨V⟩ and ⟨(V − ⟨V⟩)²⟩ of the batched sampler and of AseSampler (LangevinBAOAB)
     within 4 combined standard errors, and the RDF bin by bin |z| < 4.5 with mean z² ≤ 3 (the
@@ -268,11 +323,10 @@ def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic):
     χ²/ν of independent bins). ~1 min hydrostatic, ~11 min full cell (ASE calls scipy expm three
     times a step), measured on a shared 2-core machine."""
     atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat(2)
-    settings = dict(timestep_fs=5.0, friction_per_fs=0.02, barostat_tau_fs=300.0, hydrostatic=hydrostatic,
-                    equilibration_steps=300, snapshots_per_replica=1200, stride=5, min_distance_A=1.5)
-    point = StatePoint("P", 40.0, pressure_GPa=0.1, replicas=4)
-    ase_raw = AseSampler(atoms, [point], SamplerConfig(**settings, seed=3)).sample(_lj())[0]
-    raw = BatchedSampler(atoms, [point], SamplerConfig(**settings, seed=4)).sample(_lj())[0]
+    ase_raw = _ase_lj_npt(hydrostatic)
+    config = SamplerConfig(**NPT_SETTINGS, hydrostatic=hydrostatic, seed=4, **step_settings(compile_step))
+    with compiled_graphs_made(compile_step):
+        raw = BatchedSampler(atoms, [NPT_POINT], config).sample(_lj())[0]
     v_ase = torch.linalg.det(ase_raw.cells).numpy()
     v_batched = torch.linalg.det(raw.cells).numpy()
     z_mean = _compare(v_batched, v_ase)
@@ -283,6 +337,29 @@ def test_lj_npt_volume_fluctuations_and_rdf_match_ase_sampler(hydrostatic):
     if hydrostatic:  # the shape is kept
         ratio = raw.cells / raw.cells[:, :1, :1]
         torch.testing.assert_close(ratio, torch.eye(3, dtype=ratio.dtype).expand_as(ratio))
+
+
+def test_compiled_step_follows_the_eager_trajectory():
+    """LJ fluid, NVT and full-cell NPT replicas in one batch, 120 steps: the compiled step
+    (``compile_step``) and the eager one, given the same noise, give the same positions, momenta
+    and cells to 1e-9 (the arithmetic is the same; fused kernels round differently), and the
+    compiled run did make graphs."""
+    atoms = _lj_fluid()
+    points = [StatePoint("T181", 181.0, replicas=2), StatePoint("T150_P", 150.0, pressure_GPa=0.05, replicas=2)]
+    config = dict(**{**LJ, "equilibration_steps": 60, "snapshots_per_replica": 6, "barostat_tau_fs": 200.0},
+                  progress=False)
+    runs = {}
+    for compile_step in (False, True):
+        sampler = BatchedSampler(atoms, points, SamplerConfig(**config, compile_step=compile_step))
+        with compiled_graphs_made(compile_step):
+            raw = sampler.sample(_lj())
+        runs[compile_step] = (raw, sampler.state)
+    (eager, eager_state), (compiled, compiled_state) = runs[False], runs[True]
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(b.positions.numpy(), a.positions.numpy(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(b.cells.numpy(), a.cells.numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(compiled_state.momenta.numpy(), eager_state.momenta.numpy(), rtol=0, atol=1e-9)
+    assert not torch.allclose(eager[1].cells[0], torch.tensor(atoms.cell.array))  # NPT moved the cell
 
 
 # ----------------------------------------------------------------------------- state and blow-ups
@@ -340,6 +417,47 @@ class _NanInReplica(torch.nn.Module):
             poison[self.bad] = float("nan")
             energy = energy * poison
         return energy
+
+
+@pytest.mark.parametrize("skin", [0.3, 1.0])
+def test_deferred_checks_follow_the_per_step_trajectory(skin):
+    """``deferred_checks``: the same trajectories as reading the flags every step, to round-off
+    (a list rebuilt at another step sums its pairs in another order), for NVT and full-cell NPT
+    replicas in one batch. With a 0.3 Å skin the lists go stale inside windows, which run again;
+    with 1 Å they are rebuilt ahead at the checks."""
+    atoms = _lj_fluid()
+    points = [StatePoint("T181", 181.0, replicas=2), StatePoint("T150_P", 150.0, pressure_GPa=0.05, replicas=2)]
+    config = dict(**{**LJ, "equilibration_steps": 100, "snapshots_per_replica": 20, "barostat_tau_fs": 200.0},
+                  skin_A=skin, progress=False)
+    runs = {}
+    for deferred in (False, True):
+        sampler = BatchedSampler(atoms, points, SamplerConfig(**config, deferred_checks=deferred))
+        runs[deferred] = sampler.sample(_lj())
+    for a, b in zip(runs[False], runs[True]):
+        np.testing.assert_allclose(b.positions.numpy(), a.positions.numpy(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(b.cells.numpy(), a.cells.numpy(), rtol=0, atol=1e-10)
+    assert runs[False][0].stats["window_reruns"] == 0
+    assert runs[True][0].stats["neighbour_list_rebuilds"] > 0
+    if skin == 0.3:
+        assert runs[True][0].stats["window_reruns"] > 0
+
+
+def test_deferred_checks_run_a_window_again_after_a_passing_glitch():
+    """A NaN energy that the rerun does not repeat (the potential's 68th call): under
+    ``deferred_checks`` its window runs again from the last check with the same noise, so every
+    replica's frames equal those of a run without the glitch, bit for bit, and nothing is
+    counted as a blow-up."""
+    atoms = _lj_fluid()
+    config = SamplerConfig(**{**LJ, "equilibration_steps": 50, "snapshots_per_replica": 10, "stride": 3},
+                           deferred_checks=True)
+    points = [StatePoint("T181", 181.0, replicas=3)]
+    clean_sampler = BatchedSampler(atoms, points, config)
+    clean = clean_sampler.sample(_NanInReplica(fail_at=-1, bad=1))[0]
+    faulty = BatchedSampler(atoms, points, config)
+    raw = faulty.sample(_NanInReplica(fail_at=68, bad=1))[0]
+    assert faulty.blow_ups == []
+    assert raw.stats["window_reruns"] == clean.stats["window_reruns"] + 1
+    assert torch.equal(raw.positions, clean.positions) and torch.equal(raw.cells, clean.cells)
 
 
 def test_blow_up_in_one_replica_is_survived_and_leaves_the_others_alone():

@@ -26,6 +26,12 @@ BatchedSampler driving the model compiled by ``nequip-compile --mode aotinductor
 ``CompiledSampling`` gives it to the trainer while θ is unchanged; "vs eager" = its
 replica-steps/s over the eager batched row's.
 
+With ``--compile-step`` each R also gets a row ``batched, compiled step, deferred checks``: the
+eager model with the integrator's drift and kick under ``torch.compile``
+(``SamplerConfig.compile_step``; the first round compiles and is the warm-up) and the per-step
+flags read on the host only at the blow-up checks (``deferred_checks``); its limit is the eager
+model's. With ``--compiled`` as well, the compiled model's rows use both too.
+
 Models: ``nequip`` (a small NequIP model trained here with ``nequip-train`` for three epochs on
 EMT-labelled rattled fcc Cu, config below: float32, l_max 1, 16 features, 2 layers, r_max 4 Å;
 fcc Cu cells of 108 and 500 atoms at 300 K, Δt 2 fs) or ``lj`` (LennardJones,
@@ -37,6 +43,7 @@ r_c 6 Å, its own forces and virial) on g-C3N4 cells of 112 and 252 atoms at 300
 
     python -m benchmarks.sampling [--device cpu|cuda] [--model lj|nequip|deepmd ...]
                                   [--replicas 1 8 32] [--seconds 5] [--threads N] [--compiled]
+                                  [--compile-step]
                                   [--out benchmarks/RESULTS.md]
 
 Targets (issue 6): on GPU, batched ≥ 20× ASE and ≥ 90 % of the model-bound limit at the best R;

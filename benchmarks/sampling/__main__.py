@@ -35,6 +35,10 @@ def parse_args(argv=None):
     parser.add_argument("--compiled", action="store_true",
                         help="nequip: also time the batched sampler with the model compiled by nequip-compile "
                              "(AOTInductor, --target batch; one compile, about a minute on CPU)")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="also time the batched sampler with its integrator step under torch.compile and "
+                             "the per-step flags read at the checks only (SamplerConfig.compile_step, "
+                             "deferred_checks; with --compiled the compiled model's rows use both too)")
     parser.add_argument("--notes", default="", help="free text appended to the notes line")
     return parser.parse_args(argv)
 
@@ -65,7 +69,8 @@ def main(argv=None) -> None:
                 model_text += f"; compiled with nequip-compile in {compile_s:.0f} s"
             rows = []
             for system in systems:
-                rows += measure_system(system, potential, device, replicas, args.seconds, compiled)
+                rows += measure_system(system, potential, device, replicas, args.seconds, compiled,
+                                       args.compile_step)
             blocks.append((model_text, rows))
     notes.append(f"Whole run {time.perf_counter() - started:.0f} s. {args.notes}")
     text = section(blocks, args, device, [n.strip() for n in notes if n.strip()])

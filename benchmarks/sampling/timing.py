@@ -94,8 +94,12 @@ def time_limit(potential, positions, cells, numbers, device, seconds: float) -> 
     return (time.perf_counter() - start) / calls
 
 
+STEP_LABEL = "batched, compiled step, deferred checks"
+"""The row of ``--compile-step``: the eager model, SamplerConfig.compile_step and deferred_checks."""
+
+
 def measure_system(system: System, potential, device, replicas: list[int], seconds: float,
-                   compiled=None) -> list[dict]:
+                   compiled=None, compile_step: bool = False) -> list[dict]:
     from difftre_torch.sampling.base import SamplerConfig, StatePoint
     from difftre_torch.sampling.batched import BatchedSampler
     from difftre_torch.sampling.sampler import AseSampler
@@ -137,15 +141,29 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
         })
         print(f"{system.name}: batched R={R}: {R / step_s:.1f} replica-steps/s ({run['steps']} steps), "
               f"{rows[-1]['vs_ase']:.2f}× ASE, {100 * rows[-1]['vs_limit']:.0f} % of the limit", flush=True)
+        if compile_step:  # the same eager model; the step under torch.compile, flags read at the checks
+            sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
+                                     SamplerConfig(**md, compile_step=True, deferred_checks=True))
+            run = time_rounds(sampler, potential, device, seconds, 5)
+            rate = R * run["steps"] / run["wall_s"]
+            rows.append({"system": system.name, "atoms": n_atoms, "sampler": STEP_LABEL, "R": R,
+                         "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
+                         "vs_ase": rate / ase_rate, "vs_eager": rate * step_s / R,
+                         "limit_replica_steps_s": R / limit_s, "vs_limit": limit_s * rate / R,
+                         "rebuilds_per_replica_step": run["rebuilds"] / (R * run["steps"])})
+            print(f"{system.name}: {STEP_LABEL} R={R}: {rate:.1f} replica-steps/s, "
+                  f"{rows[-1]['vs_eager']:.2f}× eager batched, {100 * rows[-1]['vs_limit']:.0f} % of the "
+                  f"limit", flush=True)
         if compiled is not None:
             sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
-                                     SamplerConfig(**md))
+                                     SamplerConfig(**md, compile_step=compile_step, deferred_checks=compile_step))
             run = time_rounds(sampler, compiled, device, seconds, 5)
             rate = R * run["steps"] / run["wall_s"]
             # the compiled model's own limit: its forces_and_stress alone on the same snapshots
             limit_c = time_limit(compiled, sampler.state.positions, sampler.state.cells, numbers, device,
                                  seconds / 2)
-            rows.append({"system": system.name, "atoms": n_atoms, "sampler": "batched, compiled", "R": R,
+            label = "batched, compiled model and step, deferred checks" if compile_step else "batched, compiled"
+            rows.append({"system": system.name, "atoms": n_atoms, "sampler": label, "R": R,
                          "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
                          "vs_ase": rate / ase_rate, "vs_eager": rate * step_s / R,
                          "limit_replica_steps_s": R / limit_c, "vs_limit": limit_c * rate / R,

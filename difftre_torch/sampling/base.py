@@ -99,6 +99,15 @@ class SamplerConfig:
         default=1.0, metadata={"doc": "batched sampler only: Verlet skin added to the potential's cut-off (Å)"})
     noise_block_steps: int = field(
         default=32, metadata={"doc": "batched sampler only: MD steps of Gaussian noise drawn per replica at once"})
+    compile_step: bool = field(
+        default=False, metadata={"doc": "batched sampler only: torch.compile the integrator's step (fused "
+                                        "kernels, for a launch-bound step on a GPU; compiles once per batch "
+                                        "shape, tens of seconds on a CPU)"})
+    deferred_checks: bool = field(
+        default=False, metadata={"doc": "batched sampler only: read the per-step flags (Verlet list stale, state "
+                                        "non-finite) on the host only at the blow-up checks, not every step; a "
+                                        "window in which a flag was raised runs again from its start with the "
+                                        "same noise, checking every step"})
     progress: bool = field(default=True, metadata={"doc": "a progress bar of the MD steps on stderr"})
     max_blow_ups: int = field(
         default=20, metadata={"doc": "blow-ups one replica may have in one equilibration or production "
@@ -116,7 +125,7 @@ class SamplerConfig:
                 expected = f"a number {expected}"
             if not ok:
                 raise ValueError(f"SamplerConfig.{name}: expected {expected}, got {value!r}")
-        for name in ("hydrostatic", "progress"):
+        for name in ("hydrostatic", "progress", "compile_step", "deferred_checks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SamplerConfig.{name}: expected true or false, got {getattr(self, name)!r}")
 

@@ -23,7 +23,15 @@ at the interface, K, GPa; cells as rows):
   when the bound of :func:`~difftre_torch.neighbors.verlet_displacement` reaches the skin (for
   a fixed cell: an atom moved more than half the skin). Other potentials are called as they
   are. The one host round trip per step is 2R booleans (state finite, list stale), needed to
-  decide which lists vesin rebuilds;
+  decide which lists vesin rebuilds. With ``deferred_checks`` the flags stay on the device and
+  are read once per blow-up check: between checks every list is kept, and a window in which a
+  list went stale or a state non-finite is run again from the last check with the same noise,
+  reading the flags every step (so every force still comes from a list that covers the
+  cut-off); at each check, lists within the last window's largest growth of the displacement
+  bound of the skin are rebuilt ahead, so that reruns stay rare. A glitch that the rerun does
+  not repeat (a potential that fails once) then costs the window, not a restart with new noise;
+* ``compile_step``: the drift and the kick run under ``torch.compile``
+  (:func:`~difftre_torch.sampling.integrators.compiled_step`);
 * noise (:mod:`difftre_torch.sampling.noise`): one ``torch.Generator`` per replica, seeded from (seed, state point, replica), drawn
   ``noise_block_steps`` steps at a time; a replica's trajectory does not depend on which other
   replicas share its batch;
@@ -79,6 +87,7 @@ from difftre_torch.neighbors import (
     VerletList,
     det3,
     refresh_verlet_list,
+    verlet_displacement,
     verlet_list,
     verlet_list_is_stale,
 )
@@ -91,6 +100,7 @@ from difftre_torch.sampling.integrators import (
     baoab_kick,
     barostat_mass,
     cell_force,
+    compiled_step,
     forces_and_stress,
     kinetic_temperature_K,
     maxwell_boltzmann_momenta,
@@ -110,6 +120,9 @@ class _Round:
     pairs_request: tuple[float, bool] | None
     verlet: VerletList | None
     need_stress: bool
+    drift: object = baoab_drift
+    kick: object = baoab_kick
+    deferred: bool = False  # flags read at the checks only (SamplerConfig.deferred_checks)
 
 
 class BatchedSampler:
@@ -145,6 +158,7 @@ class BatchedSampler:
         self.step = 0
         self.rounds = 0
         self.blow_ups: list[str] = []
+        self.window_reruns = 0  # windows run again under deferred_checks (diagnostics)
 
     # ------------------------------------------------------------------ set-up
 
@@ -205,7 +219,9 @@ class BatchedSampler:
                                  full=request[1] if request else False)
         self._check_start(verlet)
         numbers = torch.as_tensor(self.template.numbers, dtype=torch.long, device=device)
-        ctx = _Round(potential, params, numbers, request, verlet, params.any_barostat)
+        steps = compiled_step() if self.config.compile_step else (baoab_drift, baoab_kick)
+        ctx = _Round(potential, params, numbers, request, verlet, params.any_barostat, *steps,
+                     deferred=self.config.deferred_checks)
         # forces (and f_ε) of the current state under this round's potential, as AseSampler does
         forces, stress = self._evaluate(ctx, self.state.positions, self.state.cells)
         self.state.forces = forces
@@ -251,7 +267,7 @@ class BatchedSampler:
         Host round trip: one transfer of 2R booleans (finite after the drift; Verlet list
         stale), which decides which lists vesin rebuilds."""
         old = self.state
-        new = baoab_drift(old, ctx.params, self.noise.next())
+        new = ctx.drift(old, ctx.params, self.noise.next())
         finite = torch.isfinite(new.positions).flatten(1).all(1) & torch.isfinite(new.cells).flatten(1).all(1)
         stale = None
         if ctx.pairs_request is not None:
@@ -271,11 +287,45 @@ class BatchedSampler:
         elif stale is not None:
             stale = torch.as_tensor(flags[1], device=old.positions.device)
         forces, stress = self._evaluate(ctx, new.positions, new.cells, stale)
-        new = baoab_kick(new, ctx.params, forces, stress)
+        new = ctx.kick(new, ctx.params, forces, stress)
         if mask is not None:
             new = _merge(mask, new, old)
         self.step += 1
         return new, active & ~finite
+
+    def _step_deferred(self, ctx: _Round, active_mask: torch.Tensor) -> torch.Tensor:
+        """One step of every replica without reading anything on the host: the Verlet list is
+        kept as it is, inactive replicas keep their state. Returns [R] bool on the device: the
+        replicas whose list went stale or whose state became non-finite in this step (the
+        window is then run again, :meth:`_run`)."""
+        old = self.state
+        new = ctx.drift(old, ctx.params, self.noise.next())
+        finite = torch.isfinite(new.positions).flatten(1).all(1) & torch.isfinite(new.cells).flatten(1).all(1)
+        keep = active_mask & finite
+        new.positions = torch.where(keep[:, None, None], new.positions, old.positions)
+        new.cells = torch.where(keep[:, None, None], new.cells, old.cells)
+        raised = active_mask & ~finite
+        potential = ctx.potential
+        if ctx.pairs_request is not None:
+            raised = raised | (active_mask & verlet_list_is_stale(ctx.verlet, new.positions, new.cells))
+            potential = functools.partial(ctx.potential, pairs=ctx.verlet.pairs)
+        forces, stress = forces_and_stress(potential, new.positions, new.cells, ctx.numbers, ctx.need_stress)
+        new = ctx.kick(new, ctx.params, forces, stress)
+        self.state = _merge(keep, new, old)
+        self.step += 1
+        return raised
+
+    def _rebuild_ahead(self, ctx: _Round, last: torch.Tensor | None) -> torch.Tensor:
+        """At a check (deferred flags): rebuild the lists whose displacement bound is within the
+        largest growth since the last check (``last``: the bounds then, [R]) of the skin; returns
+        the bounds after the rebuild, to compare with at the next check."""
+        bound = verlet_displacement(ctx.verlet, self.state.positions, self.state.cells)
+        if last is not None:
+            growth = float(torch.nan_to_num(bound - last, nan=0.0).clamp(min=0.0).max())
+            refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells,
+                                rebuild=bound + 1.5 * growth >= ctx.verlet.skin_A)
+            bound = verlet_displacement(ctx.verlet, self.state.positions, self.state.cells)
+        return bound
 
     # ------------------------------------------------------------------ a segment
 
@@ -295,6 +345,12 @@ class BatchedSampler:
         frame_cells = torch.empty(R, n_frames, 3, 3, dtype=torch.float64, device=device)
         frame_T = torch.empty(R, n_frames, dtype=torch.float64, device=device)
         good, good_steps, good_count = self.state.clone(), steps.copy(), count.copy()
+        deferred = ctx.deferred
+        good_noise, good_step = (self.noise.state_dict(), self.step) if deferred else (None, None)
+        rerun = False  # running a window again, reading the flags every step
+        raised = None  # [R] on the device: a flag was raised in this window (deferred)
+        masks: dict[bytes, torch.Tensor] = {}  # active replicas → device mask, copied once
+        bounds = self._rebuild_ahead(ctx, None) if deferred and ctx.verlet is not None else None
         blow_count = np.zeros(R, dtype=np.int64)
         discarded = 0
         since_check = 0
@@ -302,12 +358,24 @@ class BatchedSampler:
             active = steps < n_steps
             forced = np.zeros(R, dtype=bool)
             error = None
+            quiet = deferred and not rerun
             try:
                 with np.errstate(all="ignore"):
-                    self.state, forced = self._step(ctx, active)
+                    if quiet:
+                        key = active.tobytes()
+                        if key not in masks:
+                            masks[key] = torch.as_tensor(active, device=device)
+                        now = self._step_deferred(ctx, masks[key])
+                        raised = now if raised is None else raised | now
+                    else:
+                        self.state, forced = self._step(ctx, active)
             except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            if error is None:
+            if quiet and error is not None:  # run the window again, checking every step
+                error = None
+                raised = torch.ones(R, dtype=torch.bool, device=device)
+                since_check = cfg.check_every
+            elif error is None:
                 steps[active] += 1
                 if on_step is not None:
                     on_step(self)
@@ -321,9 +389,19 @@ class BatchedSampler:
                         frame_T[rows, slots] = kinetic_temperature_K(self.state.momenta[rows], ctx.params.masses)
                         count[due] += 1
                 since_check += 1
+            if error is None:
                 finished = active & (steps >= n_steps)
                 if not (since_check >= cfg.check_every or finished.any() or forced.any()):
                     continue
+                if quiet and bool(raised.any()):  # the one host read of the window's flags
+                    self.state = good.clone()
+                    self.noise.load_state_dict(good_noise)
+                    self.step = good_step
+                    steps, count = good_steps.copy(), good_count.copy()
+                    since_check, raised, rerun = 0, None, True
+                    self.window_reruns += 1
+                    continue
+                raised = None
                 if ctx.verlet is not None:
                     refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells)
                 reasons = blow_up_reasons(
@@ -360,8 +438,12 @@ class BatchedSampler:
                 if ctx.verlet is not None:
                     refresh_verlet_list(ctx.verlet, self.state.positions, self.state.cells,
                                         rebuild=torch.as_tensor(bad, device=device))
+            if deferred and ctx.verlet is not None:
+                bounds = self._rebuild_ahead(ctx, bounds)
             good = self.state.clone()  # every replica is healthy now (checked or restored)
             good_steps, good_count = steps.copy(), count.copy()
+            if deferred:
+                good_noise, good_step, rerun = self.noise.state_dict(), self.step, False
         return {"frames": frames, "cells": frame_cells, "temperatures": frame_T, "count": count,
                 "discarded": discarded}
 
@@ -371,9 +453,10 @@ class BatchedSampler:
         """One round for every replica of every state point with ``potential`` driving the MD:
         equilibration (``equilibration_steps`` in the first round, ``reequilibration_steps``
         later), then ``snapshots_per_replica`` frames ``stride`` steps apart. ``on_step(sampler)``
-        is called after every step (tests inject faults with it). ``stats["wall_s"]`` and
+        is called after every step (tests inject faults with it; under ``deferred_checks`` again
+        for the steps of a window that runs again). ``stats["wall_s"]``,
         ``stats["neighbour_list_rebuilds"]`` (Verlet lists searched again after the round's
-        first build) are the whole batch's."""
+        first build) and ``stats["window_reruns"]`` (``deferred_checks``) are the whole batch's."""
         cfg = self.config
         t0 = time.perf_counter()
         ctx = self._start_round(potential)
@@ -381,8 +464,10 @@ class BatchedSampler:
         bar = progress_bar(cfg, equilibration + cfg.snapshots_per_replica * cfg.stride,
                            f"MD {'+'.join(p.name for p in self.state_points)} ({self.n_replicas} replicas)")
 
+        first_step, reruns = self.step, self.window_reruns
+
         def step(sampler) -> None:
-            bar.update(1)
+            bar.update(max(0, sampler.step - first_step - bar.n))  # a rerun window does not count twice
             if on_step is not None:
                 on_step(sampler)
 
@@ -408,7 +493,8 @@ class BatchedSampler:
                 replica=replica,
                 stats={"wall_s": wall, "discarded_frames": warm["discarded"] + prod["discarded"],
                        "kinetic_temperature_K": float(take(prod["temperatures"]).mean()),
-                       "neighbour_list_rebuilds": rebuilds},
+                       "neighbour_list_rebuilds": rebuilds,
+                       "window_reruns": self.window_reruns - reruns},
             ))
         self.rounds += 1
         return out
