@@ -94,6 +94,30 @@ def time_limit(potential, positions, cells, numbers, device, seconds: float) -> 
     return (time.perf_counter() - start) / calls
 
 
+def _variant_row(system: System, label: str, potential, config, R: int, device, seconds: float,
+                 eager: dict, limit_s: float | None) -> dict:
+    """One timed row of a faster variant of the batched sampler at R replicas, against the eager
+    batched row (``eager``: its seconds per step and ASE's steps/s). ``limit_s``: the model-bound
+    limit's seconds per call, or None to measure ``potential``'s own (a compiled model)."""
+    from difftre_torch.sampling.base import StatePoint
+    from difftre_torch.sampling.batched import BatchedSampler
+
+    sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)], config)
+    run = time_rounds(sampler, potential, device, seconds, 5)
+    rate = R * run["steps"] / run["wall_s"]
+    if limit_s is None:
+        numbers = torch.as_tensor(system.atoms.numbers, device=device)
+        limit_s = time_limit(potential, sampler.state.positions, sampler.state.cells, numbers, device, seconds / 2)
+    row = {"system": system.name, "atoms": len(system.atoms), "sampler": label, "R": R,
+           "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
+           "vs_ase": rate / eager["ase_rate"], "vs_eager": rate * eager["step_s"] / R,
+           "limit_replica_steps_s": R / limit_s, "vs_limit": limit_s * rate / R,
+           "rebuilds_per_replica_step": run["rebuilds"] / (R * run["steps"])}
+    print(f"{system.name}: {label} R={R}: {rate:.1f} replica-steps/s, {row['vs_eager']:.2f}× eager batched, "
+          f"{100 * row['vs_limit']:.0f} % of its limit", flush=True)
+    return row
+
+
 STEP_LABEL = "batched, compiled step, deferred checks"
 """The row of ``--compile-step``: the eager model, SamplerConfig.compile_step and deferred_checks."""
 
@@ -141,34 +165,13 @@ def measure_system(system: System, potential, device, replicas: list[int], secon
         })
         print(f"{system.name}: batched R={R}: {R / step_s:.1f} replica-steps/s ({run['steps']} steps), "
               f"{rows[-1]['vs_ase']:.2f}× ASE, {100 * rows[-1]['vs_limit']:.0f} % of the limit", flush=True)
+        eager = {"step_s": step_s, "ase_rate": ase_rate}
         if compile_step:  # the same eager model; the step under torch.compile, flags read at the checks
-            sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
-                                     SamplerConfig(**md, compile_step=True, deferred_checks=True))
-            run = time_rounds(sampler, potential, device, seconds, 5)
-            rate = R * run["steps"] / run["wall_s"]
-            rows.append({"system": system.name, "atoms": n_atoms, "sampler": STEP_LABEL, "R": R,
-                         "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
-                         "vs_ase": rate / ase_rate, "vs_eager": rate * step_s / R,
-                         "limit_replica_steps_s": R / limit_s, "vs_limit": limit_s * rate / R,
-                         "rebuilds_per_replica_step": run["rebuilds"] / (R * run["steps"])})
-            print(f"{system.name}: {STEP_LABEL} R={R}: {rate:.1f} replica-steps/s, "
-                  f"{rows[-1]['vs_eager']:.2f}× eager batched, {100 * rows[-1]['vs_limit']:.0f} % of the "
-                  f"limit", flush=True)
+            rows.append(_variant_row(system, STEP_LABEL, potential, SamplerConfig(**md, compile_step=True,
+                                                                                  deferred_checks=True),
+                                     R, device, seconds, eager, limit_s))
         if compiled is not None:
-            sampler = BatchedSampler(system.atoms, [StatePoint("T", system.temperature_K, replicas=R)],
-                                     SamplerConfig(**md, compile_step=compile_step, deferred_checks=compile_step))
-            run = time_rounds(sampler, compiled, device, seconds, 5)
-            rate = R * run["steps"] / run["wall_s"]
-            # the compiled model's own limit: its forces_and_stress alone on the same snapshots
-            limit_c = time_limit(compiled, sampler.state.positions, sampler.state.cells, numbers, device,
-                                 seconds / 2)
             label = "batched, compiled model and step, deferred checks" if compile_step else "batched, compiled"
-            rows.append({"system": system.name, "atoms": n_atoms, "sampler": label, "R": R,
-                         "replica_steps_s": rate, "steps": run["steps"], "wall_s": run["wall_s"],
-                         "vs_ase": rate / ase_rate, "vs_eager": rate * step_s / R,
-                         "limit_replica_steps_s": R / limit_c, "vs_limit": limit_c * rate / R,
-                         "rebuilds_per_replica_step": run["rebuilds"] / (R * run["steps"])})
-            print(f"{system.name}: batched, compiled R={R}: {rate:.1f} replica-steps/s, "
-                  f"{rows[-1]['vs_eager']:.2f}× eager batched, {100 * rows[-1]['vs_limit']:.0f} % of the "
-                  f"compiled model's limit", flush=True)
+            config = SamplerConfig(**md, compile_step=compile_step, deferred_checks=compile_step)
+            rows.append(_variant_row(system, label, compiled, config, R, device, seconds, eager, None))
     return rows
