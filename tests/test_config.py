@@ -320,6 +320,8 @@ CASES: list[tuple[str, Callable, tuple[str, ...], tuple[str, ...]]] = [
     ("value_key on a CSV target", _set("targets", 0, "value_key", "a_A"), ("targets[0].value_key", ".json"), ()),
     ("grid beside a file", _set("targets", 0, "x", [1.0, 2.0]), ("targets[0].x", "inline"), ()),
     ("unknown lr schedule", _set("trainer", "lr_schedule", "cosin"), ("trainer.lr_schedule", "cosine"), ()),
+    ("batched-only setting with the ASE sampler", lambda config, folder: config["sampler"].update(
+        kind="ase", compile_step=True), ("sampler.compile_step", "batched sampler", "'ase'"), ()),
     # names that refer to nothing
     ("unknown potential kind", _set("potential", "kind", "lenard_jones"),
      ("potential.kind", "'lenard_jones'", "did you mean 'lennard_jones'"), ()),

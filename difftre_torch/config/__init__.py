@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -185,6 +185,12 @@ def _parse_sampler(raw: Any, source: str):
     if kind not in SAMPLERS:
         raise ConfigError(f"{source}: sampler.kind: unknown kind {kind!r}{suggest(str(kind), SAMPLERS)}; "
                           f"expected one of {sorted(SAMPLERS)}")
+    if kind != "batched":
+        for f in fields(_sampler_config_cls()):
+            if f.name in raw and f.metadata.get("doc", "").startswith("batched sampler only"):
+                raise ConfigError(f"{source}: sampler.{f.name}: a setting of the batched sampler, which this "
+                                  f"config does not use (sampler.kind is {kind!r}); set kind: batched, or "
+                                  f"remove the field")
     return kind, build(_sampler_config_cls(), raw, source, "sampler")
 
 
