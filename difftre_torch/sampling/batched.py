@@ -251,12 +251,15 @@ class BatchedSampler:
 
     # ------------------------------------------------------------------ one step
 
-    def _evaluate(self, ctx: _Round, positions: torch.Tensor, cells: torch.Tensor, stale=None):
+    def _evaluate(self, ctx: _Round, positions: torch.Tensor, cells: torch.Tensor, stale=None,
+                  refresh: bool = True):
         """Forces [R, N, 3] (and stress [R, 3, 3] if needed), float64. The Verlet list is
-        brought up to date first (``stale``: precomputed flags, else checked here)."""
+        brought up to date first (``stale``: precomputed flags, else checked here), unless
+        ``refresh`` is False (deferred checks: the list is used as it is)."""
         potential = ctx.potential
         if ctx.pairs_request is not None:
-            refresh_verlet_list(ctx.verlet, positions, cells, stale=stale)
+            if refresh:
+                refresh_verlet_list(ctx.verlet, positions, cells, stale=stale)
             potential = functools.partial(ctx.potential, pairs=ctx.verlet.pairs)
         return forces_and_stress(potential, positions, cells, ctx.numbers, ctx.need_stress)
 
@@ -305,11 +308,9 @@ class BatchedSampler:
         new.positions = torch.where(keep[:, None, None], new.positions, old.positions)
         new.cells = torch.where(keep[:, None, None], new.cells, old.cells)
         raised = active_mask & ~finite
-        potential = ctx.potential
         if ctx.pairs_request is not None:
             raised = raised | (active_mask & verlet_list_is_stale(ctx.verlet, new.positions, new.cells))
-            potential = functools.partial(ctx.potential, pairs=ctx.verlet.pairs)
-        forces, stress = forces_and_stress(potential, new.positions, new.cells, ctx.numbers, ctx.need_stress)
+        forces, stress = self._evaluate(ctx, new.positions, new.cells, refresh=False)
         new = ctx.kick(new, ctx.params, forces, stress)
         self.state = _merge(keep, new, old)
         self.step += 1
